@@ -1,0 +1,56 @@
+# The README's commands. `make book` and `make test` each set up .venv first (once).
+#   make book        execute every chapter and build the HTML into _build/html
+#   make test        lint, then the whole test suite (course_lib, the book, the exercises)
+#   make setup       only create .venv and install (torch first, then the course)
+#   make lint        ruff check + ruff format --check
+#   make format      ruff format + ruff check --fix
+#   make clean       remove _build (keeps .venv)
+#
+# Variables: PYTHON (the interpreter that creates .venv, default python3),
+# TORCH_SPEC (what pip installs for torch, default torch==2.13.0).
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BOOK_CACHE := _build/.jupyter_cache
+BOOK_HASH := _build/.course_lib.sha256
+
+.PHONY: setup book test lint format clean
+
+setup: $(STAMP)
+
+# Reinstalls when pyproject.toml changes; torch is installed only when it is missing, so a
+# CUDA build installed by hand (see README) is kept.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed; set PYTHON=python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+# jupyter-cache re-executes a chapter when its code changes, but cannot see course_lib:
+# empty the cache whenever any file under course_lib/ (or the config) changed since the
+# last successful build, so the book never shows stale results.
+book: $(STAMP)
+	@mkdir -p _build
+	@new=$$(find course_lib _config.yml pyproject.toml -type f \( -name '*.py' -o -name '*.js' -o -name '*.yml' -o -name '*.toml' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); \
+	 old=$$(cat $(BOOK_HASH) 2>/dev/null); \
+	 if [ "$$new" != "$$old" ]; then echo "course_lib changed: clearing the execution cache"; rm -rf $(BOOK_CACHE); fi; \
+	 COURSE_PROGRESS=0 $(VENV)/bin/jupyter-book build . -W --keep-going && echo "$$new" > $(BOOK_HASH)
+	@echo "Open _build/html/index.html"
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf _build
