@@ -106,7 +106,9 @@ def describe(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
     elif device.type == "cpu":
         threads = torch.get_num_threads()
-        name = f"{platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)}"
+        name = (
+            f"{platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)}"
+        )
     else:
         name = device.type
     return f"device: {device} ({name}) | torch {torch.__version__} | scale: {get_scale()}"
