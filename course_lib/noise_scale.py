@@ -1,0 +1,189 @@
+"""The gradient noise scale and the critical batch size (McCandlish et al. 2018).
+
+Write ``G`` for the true gradient (the mean over all examples) and ``Sigma`` for the
+covariance of one example's gradient. A minibatch of ``B`` examples gives an unbiased
+estimate of ``G`` whose squared norm has expectation
+
+    E |G_B|^2 = |G|^2 + tr(Sigma) / B.
+
+The **simple noise scale** ``B_simple = tr(Sigma) / |G|^2`` is the batch size at which the
+noise term equals the signal term. Below it each step is noise-dominated and doubling the batch
+nearly halves the number of steps; far above it the gradient is nearly exact and a larger
+batch buys almost nothing. McCandlish et al. found that the *critical batch size*, where the
+trade-off between steps and examples turns, is close to ``B_simple``. In their model the
+steps ``S`` and examples ``E = B * S`` to reach a given loss satisfy
+
+    S = S_min * (1 + B_crit / B),    E = E_min * (1 + B / B_crit),
+
+which :func:`fit_critical_batch` fits to measured steps.
+
+Two ways to measure ``B_simple``:
+
+- :func:`per_example_gradients` + :func:`simple_noise_scale`: the gradient of every example
+  separately (``torch.func.vmap`` over ``torch.func.grad``), then the sample mean and the
+  unbiased sample variance. Exact but costs memory proportional to the batch.
+- :func:`two_batch_noise_scale`: only the squared norms of gradients averaged over two batch
+  sizes ``b_small < b_big``, solved for ``|G|^2`` and ``tr(Sigma)`` from the equation above.
+  Data-parallel training gets both for free: each worker's gradient (``b_small``) and the
+  all-reduced one (``b_big``).
+
+Both quantities are invariant to multiplying the loss by a constant; ``B_simple`` changes
+along training (it usually grows as the loss falls).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+__all__ = [
+    "NoiseScale",
+    "critical_batch_steps",
+    "fit_critical_batch",
+    "gradient_sq_norm",
+    "per_example_gradients",
+    "simple_noise_scale",
+    "two_batch_noise_scale",
+]
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """An estimate of ``|G|^2``, ``tr(Sigma)`` and their ratio ``B_simple``."""
+
+    grad_sq_norm: float
+    trace_cov: float
+
+    @property
+    def b_simple(self) -> float:
+        """``tr(Sigma) / |G|^2``; ``inf`` when the estimate of ``|G|^2`` is not positive."""
+        if self.grad_sq_norm <= 0:
+            return math.inf
+        return self.trace_cov / self.grad_sq_norm
+
+
+def per_example_gradients(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The gradient of ``loss_fn`` at each example, flattened: a ``[len(x), num_params]`` tensor.
+
+    ``loss_fn(prediction, target)`` is applied to one example at a time (with a batch
+    dimension of 1, so ``nn.functional.mse_loss`` works unchanged). Buffers are used as they
+    are; models whose output for one example depends on the others (batch norm in training
+    mode) have no per-example gradient and are not supported.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"Invalid x/y: lengths {len(x)} and {len(y)} differ")
+    if len(x) < 1:
+        raise ValueError("Invalid x: expected at least one example")
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = {name: b.detach() for name, b in model.named_buffers()}
+
+    def loss_of_one(parameters: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        prediction = functional_call(model, (parameters, buffers), (xi[None],))
+        return loss_fn(prediction, yi[None])
+
+    grads = vmap(grad(loss_of_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, y)
+    return torch.cat([g.reshape(len(x), -1) for g in grads.values()], dim=1)
+
+
+def simple_noise_scale(per_example: Tensor) -> NoiseScale:
+    """Unbiased estimates of ``|G|^2`` and ``tr(Sigma)`` from per-example gradients ``[n, P]``.
+
+    ``tr(Sigma)`` is the sum over coordinates of the sample variance (divided by ``n - 1``);
+    ``|G|^2`` is the squared norm of the mean gradient minus its expected excess
+    ``tr(Sigma) / n``. Computed in float64.
+    """
+    if per_example.ndim != 2 or per_example.shape[0] < 2:
+        raise ValueError(
+            f"Invalid per_example: shape {tuple(per_example.shape)} "
+            "(expected [n, num_params] with n >= 2)"
+        )
+    g = per_example.double()
+    n = g.shape[0]
+    mean = g.mean(dim=0)
+    trace_cov = ((g - mean) ** 2).sum().item() / (n - 1)
+    grad_sq_norm = mean.square().sum().item() - trace_cov / n
+    return NoiseScale(grad_sq_norm=grad_sq_norm, trace_cov=trace_cov)
+
+
+def two_batch_noise_scale(
+    small_sq_norm: float | Sequence[float] | Tensor,
+    big_sq_norm: float | Sequence[float] | Tensor,
+    *,
+    b_small: int,
+    b_big: int,
+) -> NoiseScale:
+    """McCandlish et al.'s estimator from gradient norms at two batch sizes (their appendix A).
+
+    ``small_sq_norm`` and ``big_sq_norm`` are ``|G_B|^2`` measured on minibatches of
+    ``b_small`` and ``b_big`` examples (one value or many, which are averaged first: the ratio
+    of averages is far less biased than the average of ratios). Solving
+    ``E |G_B|^2 = |G|^2 + tr(Sigma) / B`` at both sizes gives::
+
+        |G|^2     = (b_big |G_big|^2 - b_small |G_small|^2) / (b_big - b_small)
+        tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1 / b_small - 1 / b_big)
+    """
+    for name, value in (("b_small", b_small), ("b_big", b_big)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"Invalid {name}: {value!r} (expected a positive int)")
+    if not b_small < b_big:
+        raise ValueError(f"Invalid b_small/b_big: {b_small}, {b_big} (expected b_small < b_big)")
+    small = torch.as_tensor(small_sq_norm, dtype=torch.float64).mean().item()
+    big = torch.as_tensor(big_sq_norm, dtype=torch.float64).mean().item()
+    grad_sq_norm = (b_big * big - b_small * small) / (b_big - b_small)
+    trace_cov = (small - big) / (1.0 / b_small - 1.0 / b_big)
+    return NoiseScale(grad_sq_norm=grad_sq_norm, trace_cov=trace_cov)
+
+
+def gradient_sq_norm(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor
+) -> float:
+    """``|G_B|^2``: the squared norm of the mean-loss gradient on the batch ``(x, y)``.
+
+    Leaves the model's ``.grad`` untouched.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_fn(model(x), y), params)
+    return sum(g.double().square().sum().item() for g in grads)
+
+
+def critical_batch_steps(batch_size: float | Tensor, *, s_min: float, b_crit: float):
+    """McCandlish et al.'s steps to a target loss: ``S_min * (1 + B_crit / B)``."""
+    return s_min * (1 + b_crit / batch_size)
+
+
+def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, float]:
+    """Fit ``S = S_min (1 + B_crit / B)`` to measured steps; returns ``(S_min, B_crit)``.
+
+    The model is linear in ``1 / B`` (``S = a + b / B`` with ``S_min = a``,
+    ``B_crit = b / a``); the least squares weigh each point by ``1 / S`` so that every batch
+    size counts by its relative error, not by how many steps it took.
+    """
+    b = torch.as_tensor(batch_sizes, dtype=torch.float64)
+    s = torch.as_tensor(steps, dtype=torch.float64)
+    if b.ndim != 1 or b.shape != s.shape or len(b) < 2:
+        raise ValueError(
+            f"Invalid batch_sizes/steps: shapes {tuple(b.shape)} and {tuple(s.shape)} "
+            "(expected two equal 1-d sequences of at least 2 values)"
+        )
+    if (b <= 0).any() or (s <= 0).any() or not torch.isfinite(s).all():
+        raise ValueError("Invalid batch_sizes/steps: expected positive, finite values")
+    design = torch.stack([torch.ones_like(b), 1 / b], 1) / s[:, None]
+    a, slope = torch.linalg.lstsq(design, torch.ones_like(s)[:, None]).solution[:, 0]
+    if a <= 0:
+        raise ValueError(
+            "Invalid batch_sizes/steps: the fit gives S_min <= 0; the steps do not level off "
+            "with batch size over this range (every batch size is below the critical one)"
+        )
+    return float(a), float(slope / a)

@@ -1,0 +1,141 @@
+"""The gradient noise scale, on a problem where it is known in closed form.
+
+Linear regression ``y = w* . x + sigma * noise`` with ``x ~ N(0, I_d)``, evaluated at
+``w = w* + delta`` with the loss ``(w . x - y)^2``: the per-example gradient is
+``2 r x`` with ``r = delta . x - sigma * noise``, so ``G = 2 delta`` and (Gaussian fourth
+moments) ``tr(Sigma) = 4 ((d + 1) |delta|^2 + d sigma^2)``; hence
+
+    B_simple = ((d + 1) |delta|^2 + d sigma^2) / |delta|^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.noise_scale import (
+    NoiseScale,
+    critical_batch_steps,
+    fit_critical_batch,
+    gradient_sq_norm,
+    per_example_gradients,
+    simple_noise_scale,
+    two_batch_noise_scale,
+)
+
+D, SIGMA = 8, 0.5
+
+
+def regression_problem(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    w_star = torch.randn(1, D, generator=gen, dtype=torch.float64)
+    delta = 0.3 * torch.randn(1, D, generator=gen, dtype=torch.float64)
+    model = nn.Linear(D, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w_star + delta)
+    x = torch.randn(n, D, generator=gen, dtype=torch.float64)
+    y = x @ w_star.T + SIGMA * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    d2 = delta.square().sum().item()
+    true = NoiseScale(grad_sq_norm=4 * d2, trace_cov=4 * ((D + 1) * d2 + D * SIGMA**2))
+    return model, x, y, true
+
+
+def test_per_example_gradients_match_autograd_one_example_at_a_time():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    per_example = per_example_gradients(model, nn.functional.mse_loss, x, y)
+    assert per_example.shape == (6, sum(p.numel() for p in model.parameters()))
+    for i in range(6):
+        model.zero_grad()
+        nn.functional.mse_loss(model(x[i : i + 1]), y[i : i + 1]).backward()
+        expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        torch.testing.assert_close(per_example[i], expected, rtol=1e-12, atol=1e-14)
+    # the mean of per-example gradients is the batch gradient
+    model.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    batch = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(per_example.mean(0), batch, rtol=1e-12, atol=1e-14)
+
+
+def test_simple_noise_scale_recovers_the_closed_form():
+    model, x, y, true = regression_problem(40_000)
+    measured = simple_noise_scale(per_example_gradients(model, nn.functional.mse_loss, x, y))
+    assert measured.trace_cov == pytest.approx(true.trace_cov, rel=0.05)
+    assert measured.grad_sq_norm == pytest.approx(true.grad_sq_norm, rel=0.05)
+    assert measured.b_simple == pytest.approx(true.b_simple, rel=0.07), (
+        f"B_simple should be {true.b_simple:.2f}, measured {measured.b_simple:.2f}"
+    )
+
+
+def test_simple_noise_scale_is_exact_on_a_hand_computed_sample():
+    # two "examples" with gradients (1, 0) and (3, 2): mean (2, 1), variance sum 2 + 2 = 4
+    measured = simple_noise_scale(torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
+    assert measured.trace_cov == pytest.approx(4.0)
+    assert measured.grad_sq_norm == pytest.approx(5.0 - 4.0 / 2)
+    assert measured.b_simple == pytest.approx(4.0 / 3.0)
+
+
+def test_noise_scale_does_not_depend_on_the_loss_scale():
+    model, x, y, _ = regression_problem(500)
+    plain = simple_noise_scale(per_example_gradients(model, nn.functional.mse_loss, x, y))
+    scaled = simple_noise_scale(
+        per_example_gradients(model, lambda p, t: 1000.0 * nn.functional.mse_loss(p, t), x, y)
+    )
+    assert scaled.b_simple == pytest.approx(plain.b_simple, rel=1e-9)
+    assert scaled.trace_cov == pytest.approx(1e6 * plain.trace_cov, rel=1e-9)
+
+
+def test_two_batch_estimator_recovers_the_closed_form():
+    model, x, y, true = regression_problem(2**16, seed=1)
+    b_small, b_big = 16, 1024
+    small = [gradient_sq_norm(model, nn.functional.mse_loss, xb, yb)
+             for xb, yb in zip(x.split(b_small), y.split(b_small), strict=True)]  # fmt: skip
+    big = [gradient_sq_norm(model, nn.functional.mse_loss, xb, yb)
+           for xb, yb in zip(x.split(b_big), y.split(b_big), strict=True)]  # fmt: skip
+    measured = two_batch_noise_scale(small, big, b_small=b_small, b_big=b_big)
+    assert measured.b_simple == pytest.approx(true.b_simple, rel=0.1), (
+        f"B_simple should be {true.b_simple:.2f}, the two-batch estimate is {measured.b_simple:.2f}"
+    )
+
+
+def test_two_batch_estimator_inverts_its_model_exactly():
+    g2, trace = 3.0, 120.0
+    expected = lambda b: g2 + trace / b  # noqa: E731
+    measured = two_batch_noise_scale(expected(8), expected(256), b_small=8, b_big=256)
+    assert measured.grad_sq_norm == pytest.approx(g2) and measured.trace_cov == pytest.approx(trace)
+    assert measured.b_simple == pytest.approx(40.0)
+    # a non-positive |G|^2 estimate means "more noise than this can resolve": infinite scale
+    assert NoiseScale(grad_sq_norm=-1.0, trace_cov=5.0).b_simple == math.inf
+    with pytest.raises(ValueError, match="b_small < b_big"):
+        two_batch_noise_scale(1.0, 2.0, b_small=64, b_big=64)
+    with pytest.raises(ValueError, match="Invalid b_small"):
+        two_batch_noise_scale(1.0, 2.0, b_small=0, b_big=64)
+
+
+def test_fit_critical_batch_recovers_its_model():
+    batches = [8, 16, 32, 64, 128, 256, 512]
+    steps = [critical_batch_steps(b, s_min=200.0, b_crit=90.0) for b in batches]
+    s_min, b_crit = fit_critical_batch(batches, steps)
+    assert s_min == pytest.approx(200.0, rel=1e-9) and b_crit == pytest.approx(90.0, rel=1e-9)
+    noisy = [s * (1 + 0.03 * (-1) ** i) for i, s in enumerate(steps)]
+    s_min, b_crit = fit_critical_batch(batches, noisy)
+    assert b_crit == pytest.approx(90.0, rel=0.15)
+
+
+def test_fit_critical_batch_rejects_bad_input():
+    with pytest.raises(ValueError, match="positive"):
+        fit_critical_batch([8, 16], [10, 0])
+    with pytest.raises(ValueError, match="S_min <= 0"):
+        fit_critical_batch([8, 16, 32], [100, 25, 5])  # falls faster than 1 / B: no plateau
+    with pytest.raises(ValueError, match="Invalid batch_sizes/steps"):
+        fit_critical_batch([8], [1])
+    with pytest.raises(ValueError, match="n >= 2"):
+        simple_noise_scale(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="differ"):
+        per_example_gradients(
+            nn.Linear(2, 1), nn.functional.mse_loss, torch.ones(3, 2), torch.ones(2, 1)
+        )
