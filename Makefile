@@ -4,6 +4,7 @@
 #   make setup       only create .venv and install (torch first, then the course)
 #   make lint        ruff check + ruff format --check
 #   make format      ruff format + ruff check --fix
+#   make bench       run the benchmarks; results go to benchmarks/results/*.json
 #   make clean       remove _build (keeps .venv)
 #
 # Variables: PYTHON (the interpreter that creates .venv, default python3),
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed
 BOOK_CACHE := _build/.jupyter_cache
 BOOK_HASH := _build/.course_lib.sha256
 
-.PHONY: setup book test lint format clean
+.PHONY: setup book test lint format clean bench
 
 setup: $(STAMP)
 
@@ -51,6 +52,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.adamw_step
+	$(PY) -m benchmarks.adamw8bit
 
 clean:
 	rm -rf _build

@@ -1,0 +1,1 @@
+"""Performance benchmarks of the course's optimizers; results are written to results/*.json."""
