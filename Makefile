@@ -4,6 +4,7 @@
 #   make setup       only create .venv and install (torch first, then the course)
 #   make lint        ruff check + ruff format --check
 #   make format      ruff format + ruff check --fix
+#   make exercises   regenerate exercises/ from solutions/ with nbgrader
 #   make bench       run the benchmarks; results go to benchmarks/results/*.json
 #   make clean       remove _build (keeps .venv)
 #
@@ -18,7 +19,7 @@ STAMP := $(VENV)/.installed
 BOOK_CACHE := _build/.jupyter_cache
 BOOK_HASH := _build/.course_lib.sha256
 
-.PHONY: setup book test lint format clean bench
+.PHONY: setup book test lint format clean bench exercises
 
 setup: $(STAMP)
 
@@ -52,6 +53,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+exercises: $(STAMP)
+	$(PY) autograder/make_exercises.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.adamw_step

@@ -1,0 +1,213 @@
+"""Generate ``exercises/`` (nbgrader's release) from ``solutions/`` (nbgrader's source).
+
+    python autograder/make_exercises.py            # regenerate every assignment
+    python autograder/make_exercises.py adamw      # only these assignments
+    python autograder/make_exercises.py --check    # exit 1 if exercises/ is out of date
+
+It runs the real ``nbgrader generate_assignment --force`` with the course's configuration
+(``autograder/nbgrader_config.py``), but in a scratch copy of the course with a scratch
+gradebook, so it never touches the instructor's gradebook or leaves files behind, and then
+copies the release into ``exercises/``. Before generating it checks that every source
+notebook is committed without outputs or execution counts; after, that no released notebook
+contains a solution or hidden-test marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "autograder" / "nbgrader_config.py"
+SOURCE = "solutions"
+RELEASE = "exercises"
+FORBIDDEN_IN_RELEASE = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+
+
+class ExerciseError(Exception):
+    """The source or the generated release is not in a state that can be committed."""
+
+
+def assignments(root: Path = ROOT) -> list[str]:
+    """Every assignment: a folder of ``solutions/`` holding a notebook named after it."""
+    found = []
+    for folder in sorted((root / SOURCE).iterdir()):
+        if not folder.is_dir() or folder.name.startswith((".", "_")):
+            continue
+        notebooks = sorted(p.name for p in folder.glob("*.ipynb"))
+        if notebooks != [f"{folder.name}.ipynb"]:
+            raise ExerciseError(
+                f"{folder.relative_to(root)} should hold exactly one notebook, "
+                f"{folder.name}.ipynb; it holds {notebooks or 'none'}"
+            )
+        found.append(folder.name)
+    return found
+
+
+def notebook_problems(path: Path) -> list[str]:
+    """Outputs or execution counts left in a notebook (they must not be committed)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        return [f"{path}: not a readable notebook ({error})"]
+    problems = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        if cell.get("outputs"):
+            problems.append(f"{path}: cell {index} has outputs")
+        if cell.get("execution_count") is not None:
+            problems.append(f"{path}: cell {index} has an execution count")
+    return problems
+
+
+def nbgrader_env() -> dict[str, str]:
+    """nbgrader runs ``alembic`` and ``jupyter`` by name: put this interpreter's bin first."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_nbgrader(args: list[str], course: Path) -> subprocess.CompletedProcess:
+    """``nbgrader <args>`` from ``course/autograder`` with root and gradebook in ``course``."""
+    command = [
+        sys.executable,
+        "-m",
+        "nbgrader",
+        *args,
+        f"--CourseDirectory.root={course}",
+        f"--CourseDirectory.db_url=sqlite:///{course / 'autograder' / 'gradebook.db'}",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=course / "autograder",
+        env=nbgrader_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ExerciseError(
+            f"{' '.join(command[2:4])} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def scratch_course(destination: Path, root: Path = ROOT, names: list[str] | None = None) -> Path:
+    """A copy of what nbgrader needs: ``solutions/`` (or only ``names``) and the configuration."""
+    if names is None:
+        shutil.copytree(root / SOURCE, destination / SOURCE)
+    else:
+        for name in names:
+            shutil.copytree(root / SOURCE / name, destination / SOURCE / name)
+    (destination / "autograder").mkdir(parents=True)
+    shutil.copy2(root / "autograder" / "nbgrader_config.py", destination / "autograder")
+    return destination
+
+
+def generate(course: Path, names: list[str]) -> None:
+    """``nbgrader generate_assignment --force`` for ``names`` inside ``course``."""
+    # One nbgrader process for all of them when possible: starting nbgrader takes seconds.
+    every = assignments(course)
+    batches = [["*"]] if sorted(names) == sorted(every) else [[name] for name in names]
+    for batch in batches:
+        run_nbgrader(["generate_assignment", *batch, "--force"], course)
+    for name in names:
+        for path in (course / RELEASE / name).rglob("*.ipynb"):
+            text = path.read_text(encoding="utf-8")
+            leaked = [marker for marker in FORBIDDEN_IN_RELEASE if marker in text]
+            if leaked:
+                raise ExerciseError(f"{path.name}: the release still contains {leaked}")
+
+
+def differences(generated: Path, committed: Path) -> list[str]:
+    """Files that differ between two assignment folders (relative names)."""
+    if not committed.is_dir():
+        return [f"{committed.name}/ is missing"]
+    diffs = []
+    left = {p.relative_to(generated) for p in generated.rglob("*") if p.is_file()}
+    right = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()}
+    for rel in sorted(left | right):
+        if rel not in right:
+            diffs.append(f"{committed.name}/{rel} is missing")
+        elif rel not in left:
+            diffs.append(f"{committed.name}/{rel} is not generated from {SOURCE}/ (stale)")
+        elif not filecmp.cmp(generated / rel, committed / rel, shallow=False):
+            diffs.append(f"{committed.name}/{rel} differs from what nbgrader generates")
+    return diffs
+
+
+def stale(
+    course: Path, names: list[str], every: list[str] | None = None, root: Path = ROOT
+) -> list[str]:
+    """How ``root/exercises`` differs from the release generated in ``course``.
+
+    With ``every`` (all assignments), release folders that have no source are reported too.
+    """
+    diffs = [d for n in names for d in differences(course / RELEASE / n, root / RELEASE / n)]
+    if every is not None:
+        extra = [
+            p.name
+            for p in (root / RELEASE).iterdir()
+            if p.is_dir() and p.name not in every and any(p.glob("*.ipynb"))
+        ]
+        diffs += [f"{name}/ has no source in {SOURCE}/" for name in extra]
+    return diffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("assignments", nargs="*", help="default: every folder of solutions/")
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if exercises/ is out of date"
+    )
+    args = parser.parse_args(argv)
+    try:
+        every = assignments()
+        names = args.assignments or every
+        unknown = sorted(set(names) - set(every))
+        if unknown:
+            raise ExerciseError(f"no such assignment in {SOURCE}/: {', '.join(unknown)}")
+        problems = [
+            p for name in names for p in notebook_problems(ROOT / SOURCE / name / f"{name}.ipynb")
+        ]
+        if problems:
+            raise ExerciseError(
+                "commit notebooks without outputs (Kernel > Restart & Clear Output):\n  "
+                + "\n  ".join(problems)
+            )
+        with tempfile.TemporaryDirectory(prefix="exercises-") as tmp:
+            course = scratch_course(Path(tmp) / "course")
+            generate(course, names)
+            if args.check:
+                diffs = stale(course, names, every if not args.assignments else None)
+                if diffs:
+                    print("exercises/ is out of date; run `make exercises`:", file=sys.stderr)
+                    for diff in diffs:
+                        print(f"  {diff}", file=sys.stderr)
+                    return 1
+                print(f"exercises/ is up to date ({', '.join(names)})")
+                return 0
+            for name in names:
+                target = ROOT / RELEASE / name
+                staging = ROOT / RELEASE / f".{name}.new"
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(course / RELEASE / name, staging)
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+                print(f"wrote {target.relative_to(ROOT)}/")
+        return 0
+    except ExerciseError as error:
+        print(f"make_exercises: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""nbgrader's configuration for this course: run every ``nbgrader`` command from ``autograder/``.
+
+nbgrader reads ``nbgrader_config.py`` from the folder it is started in, so ``cd autograder``
+first; the paths below are then right wherever the repository is checked out. nbgrader's
+folders map onto the course's:
+
+    source      -> solutions/               (instructor notebooks: solutions + hidden tests)
+    release     -> exercises/               (student notebooks, generated, committed)
+    submitted   -> autograder/submitted/    (not committed)
+    autograded  -> autograder/autograded/   (not committed)
+    feedback    -> autograder/feedback/     (not committed)
+    gradebook   -> autograder/gradebook.db  (not committed)
+
+Any option can be overridden on the command line, e.g. ``--CourseDirectory.root=/tmp/copy``
+(the tests and ``make_exercises.py`` do that to work in a scratch copy).
+"""
+
+from pathlib import Path
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+
+c = get_config()  # noqa: F821 -- provided by traitlets when it loads this file
+
+COURSE = Path(__file__).resolve().parent.parent
+
+c.CourseDirectory.course_id = "adam-course"
+c.CourseDirectory.root = str(COURSE)
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "exercises"
+c.CourseDirectory.submitted_directory = "autograder/submitted"
+c.CourseDirectory.autograded_directory = "autograder/autograded"
+c.CourseDirectory.feedback_directory = "autograder/feedback"
+c.CourseDirectory.solution_directory = "autograder/feedback/solution"
+c.CourseDirectory.db_url = f"sqlite:///{COURSE / 'autograder' / 'gradebook.db'}"
+
+# The stub students see in place of each solution.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Autograding executes each notebook in a fresh kernel. The longest test cell (AdamW against
+# torch over hundreds of steps) takes seconds; the limit leaves room for a slow machine.
+c.Execute.timeout = 300
+c.Execute.interrupt_on_timeout = True
+# Each notebook gets a fresh kernel; stop it at once when the notebook is done.
+c.Execute.shutdown_kernel = "immediate"
+
+# Feedback goes to students: strip the hidden tests from the test cells it shows (nbgrader
+# 0.9 would otherwise show them, since autograding restores them).
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
