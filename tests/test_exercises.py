@@ -129,6 +129,22 @@ def _adam_recipes() -> dict[str, Recipe]:
             },
             {**full, "test_effective_steps": 0},
         ),
+        # Weight decay applied to the parameter after the update instead of as an L2 term in
+        # the gradient: only the tests that use weight decay can see it.
+        "decay_after_update": (
+            lambda c: {
+                "adam_update": edited(
+                    c["adam_update"].source,
+                    ("    if weight_decay != 0:\n        grad = grad + weight_decay * param\n", ""),
+                    (
+                        "    return new_param, m, v",
+                        "    new_param = new_param - lr * weight_decay * param\n"
+                        "    return new_param, m, v",
+                    ),
+                )
+            },
+            {**full, "test_adam_update_first_steps": 0, "test_adam_update_matches_torch": 0},
+        ),
     }
 
 
@@ -206,6 +222,40 @@ def _schedules_recipes() -> dict[str, Recipe]:
             },
             {**full, "test_linear_warmup": 0, "test_warmup_cosine": 0},
         ),
+        # The cosine decays to 0 whatever the floor.
+        "floor_ignored": (
+            lambda c: {
+                "warmup_cosine": edited(
+                    c["warmup_cosine"].source,
+                    ("        return min_lr\n", "        return 0.0\n"),
+                    ("min_lr + (peak_lr - min_lr) * 0.5", "peak_lr * 0.5"),
+                )
+            },
+            {**full, "test_warmup_cosine": 0},
+        ),
+        # The inverse square root counted from update 1 instead of from step 0.
+        "inverse_sqrt_shifted": (
+            lambda c: {
+                "inverse_sqrt": edited(
+                    c["inverse_sqrt"].source,
+                    ("math.sqrt(warmup_steps / step)", "math.sqrt(warmup_steps / (step + 1))"),
+                )
+            },
+            {**full, "test_inverse_sqrt": 0},
+        ),
+        # The cooldown fraction read as where the cooldown starts.
+        "cooldown_from_the_start": (
+            lambda c: {
+                "warmup_stable_decay": edited(
+                    c["warmup_stable_decay"].source,
+                    (
+                        "cooldown_start = total_steps - round(cooldown_fraction * total_steps)",
+                        "cooldown_start = round(cooldown_fraction * total_steps)",
+                    ),
+                )
+            },
+            {**full, "test_warmup_stable_decay": 0},
+        ),
     }
 
 
@@ -243,6 +293,34 @@ def _checkpoints_recipes() -> dict[str, Recipe]:
                 "test_first_two_fixes": 0,
                 "test_training_memory": 0,
             },
+        ),
+        # The linear rule where the square-root rule was asked.
+        "linear_for_sqrt": (
+            lambda c: {
+                "batch_scaling": edited(
+                    c["batch_scaling"].source,
+                    (
+                        "return lr * math.sqrt(new_batch_size / batch_size)",
+                        "return lr * new_batch_size / batch_size",
+                    ),
+                )
+            },
+            {**full, "test_batch_scaling": 0},
+        ),
+        # "Adam normalises the gradient, so both move by lr": momentum's cancellation missed.
+        "alternating_moves_lr": (
+            lambda c: {
+                "effective_lr": edited(
+                    c["effective_lr"].source,
+                    ("return lr * (1 - beta1) / (1 + beta1)", "return lr"),
+                )
+            },
+            {**full, "test_effective_lr": 0},
+        ),
+        # Mixed precision counted without the fp32 master weights.
+        "no_master_weights": (
+            lambda c: {"memory": edited(c["memory"].source, ("4 * n + 8 * n", "8 * n"))},
+            {**full, "test_training_memory": 0},
         ),
     }
 
