@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from course_lib._checks import check_positive_int
 from course_lib.train import History, train
 
 MatVec = Callable[[Tensor], Tensor]
@@ -47,13 +48,6 @@ class Eigen:
     vector: Tensor
     iterations: int
     converged: bool
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"Invalid {name}: {value} (expected a positive int)")
 
 
 def _power_iteration(
@@ -98,8 +92,8 @@ def top_eigenvalue(
     eigenvalue is ``lambda_max + |lambda|``, so the result is always the top of the spectrum.
     ``iterations`` counts the products of both passes.
     """
-    _check_positive_int("dim", dim)
-    _check_positive_int("max_iter", max_iter)
+    check_positive_int("dim", dim)
+    check_positive_int("max_iter", max_iter)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"Invalid tol: {tol!r} (expected tol > 0)")
     if init is None:
@@ -319,11 +313,11 @@ def track_sharpness(
     if (every is None) == (at is None):
         raise ValueError("Invalid arguments: give exactly one of every and at")
     if every is not None:
-        _check_positive_int("every", every)
+        check_positive_int("every", every)
         marks = [*range(every, num_steps, every), num_steps] if num_steps else []
     else:
         for count in at:
-            _check_positive_int("at", count)
+            check_positive_int("at", count)
         marks = sorted({count for count in at if count <= num_steps})
     x, y = measure_batch
     params = [p for p in model.parameters() if p.requires_grad]

@@ -7,12 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"Invalid {name}: {value} (expected a positive int)")
+from course_lib._checks import check_positive_int
 
 
 def badly_scaled_teacher(
@@ -30,8 +25,8 @@ def badly_scaled_teacher(
     Gaussian noise of std ``noise``. One learning rate suits all coordinates poorly here,
     which is the situation Adam's per-parameter scaling was designed for.
     """
-    _check_positive_int("num_samples", num_samples)
-    _check_positive_int("dim", dim)
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("dim", dim)
     low, high = scale_range
     if not 0 < low <= high:
         raise ValueError(f"Invalid scale_range: {scale_range} (expected 0 < low <= high)")
@@ -53,7 +48,7 @@ def minibatches(
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless shuffled minibatches of ``(x, y)``: a new permutation every epoch."""
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
     if batch_size > len(x):

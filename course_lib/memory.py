@@ -22,16 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from course_lib._checks import check_positive_int
+
 #: Block size of the 8-bit optimizer states (Dettmers et al., 2022): one float32 absmax per
 #: block of this many elements, per state tensor.
 DEFAULT_BLOCK_SIZE = 2048
-
-
-def _check_block_size(block_size: int) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"Invalid block_size: {block_size} (expected a positive int)")
 
 
 @dataclass(frozen=True)
@@ -61,7 +56,7 @@ def eight_bit_state_bytes(block_size: int = DEFAULT_BLOCK_SIZE) -> float:
     Each state stores one uint8 code per element and one float32 absmax per block, so the
     two states take ``2 * (1 + 4 / block_size)`` bytes per parameter (2.0039 at 2048).
     """
-    _check_block_size(block_size)
+    check_positive_int("block_size", block_size)
     return 2 * (1 + 4 / block_size)
 
 

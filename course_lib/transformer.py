@@ -25,15 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from course_lib._checks import check_positive_int
+
 TASKS = ("reverse", "sort", "copy")
 NORM_POSITIONS = ("post", "pre")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"Invalid {name}: {value} (expected a positive int)")
 
 
 def sequence_task(
@@ -51,9 +46,9 @@ def sequence_task(
     ``"copy"`` (``y = x``). A model that has learnt nothing predicts each token with
     probability ``1 / vocab_size``, a cross-entropy of ``log(vocab_size)``.
     """
-    _check_positive_int("num_samples", num_samples)
-    _check_positive_int("seq_len", seq_len)
-    _check_positive_int("vocab_size", vocab_size)
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("seq_len", seq_len)
+    check_positive_int("vocab_size", vocab_size)
     if vocab_size < 2:
         raise ValueError(f"Invalid vocab_size: {vocab_size} (expected at least 2 tokens)")
     if task not in TASKS:
@@ -158,13 +153,13 @@ class Transformer(nn.Module):
         norm: str = "post",
     ) -> None:
         super().__init__()
-        _check_positive_int("vocab_size", vocab_size)
-        _check_positive_int("seq_len", seq_len)
-        _check_positive_int("d_model", d_model)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("num_layers", num_layers)
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("seq_len", seq_len)
+        check_positive_int("d_model", d_model)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("num_layers", num_layers)
         d_ff = 4 * d_model if d_ff is None else d_ff
-        _check_positive_int("d_ff", d_ff)
+        check_positive_int("d_ff", d_ff)
         if norm not in NORM_POSITIONS:
             raise ValueError(f"Invalid norm: {norm!r} (expected 'post' or 'pre')")
         self.seq_len = seq_len

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from course_lib._checks import check_positive_int
 from course_lib.optim.adam import _as_float, _check_hyperparameters
 from course_lib.optim.functional import adam_step
 
@@ -78,13 +79,6 @@ def _map(signed: bool, device: torch.device) -> Tensor:
     return _MAPS[key]
 
 
-def _check_block_size(block_size: int) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"Invalid block_size: {block_size} (expected a positive int)")
-
-
 def quantize_blockwise(
     x: Tensor,
     qmap: Tensor,
@@ -103,7 +97,7 @@ def quantize_blockwise(
     ``v`` rounded to zero under a non-zero ``m`` turns into a step of ``lr * m / eps``, the
     "zero-point problem" of Li, Chen & Zhu (2023); rounding up only shortens that step.
     """
-    _check_block_size(block_size)
+    check_positive_int("block_size", block_size)
     if qmap.ndim != 1 or qmap.numel() != 256:
         raise ValueError(f"Invalid qmap: expected 256 sorted values, got shape {tuple(qmap.shape)}")
     flat = x.detach().reshape(-1).float()
@@ -136,7 +130,7 @@ def dequantize_blockwise(
     shape: torch.Size | tuple[int, ...] | None = None,
 ) -> Tensor:
     """The float32 values that ``codes`` and ``absmax`` stand for: ``qmap[code] * absmax``."""
-    _check_block_size(block_size)
+    check_positive_int("block_size", block_size)
     if codes.dtype != torch.uint8:
         raise ValueError(f"Invalid codes: expected dtype uint8, got {codes.dtype}")
     n = codes.numel()
@@ -172,7 +166,7 @@ class AdamW8bit(torch.optim.Optimizer):
         block_size: int = DEFAULT_BLOCK_SIZE,
         min_8bit_size: int = DEFAULT_MIN_8BIT_SIZE,
     ) -> None:
-        _check_block_size(block_size)
+        check_positive_int("block_size", block_size)
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int):
             raise TypeError(f"min_8bit_size must be an int, got {type(min_8bit_size).__name__}")
         if min_8bit_size < 0:
@@ -193,7 +187,7 @@ class AdamW8bit(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _check_hyperparameters(group)
-        _check_block_size(group["block_size"])
+        check_positive_int("block_size", group["block_size"])
         for p in group["params"]:
             if not p.is_floating_point():
                 raise ValueError(f"AdamW8bit optimizes floating-point tensors, got {p.dtype}")
