@@ -6,6 +6,8 @@
 #   make format      ruff format + ruff check --fix
 #   make exercises   regenerate exercises/ from solutions/ with nbgrader
 #   make bench       run the benchmarks; results go to benchmarks/results/*.json
+#   make grade ASSIGNMENT=adamw [WORKERS=4] [GRADE_ARGS="--force"]
+#                    grade autograder/submitted/*/ASSIGNMENT in the sandbox (autograder/grade.py)
 #   make clean       remove _build (keeps .venv)
 #
 # Variables: PYTHON (the interpreter that creates .venv, default python3),
@@ -19,7 +21,7 @@ STAMP := $(VENV)/.installed
 BOOK_CACHE := _build/.jupyter_cache
 BOOK_HASH := _build/.course_lib.sha256
 
-.PHONY: setup book test lint format clean bench exercises
+.PHONY: setup book test lint format clean bench exercises grade
 
 setup: $(STAMP)
 
@@ -60,6 +62,14 @@ exercises: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.adamw_step
 	$(PY) -m benchmarks.adamw8bit
+
+# Student code is untrusted: grade.py refuses to run without a bubblewrap sandbox.
+# Install it here when it is missing and we may (root with apt-get).
+grade: $(STAMP)
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<name> [WORKERS=N] [GRADE_ARGS=...]"; exit 2; }
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	    && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || true
+	$(PY) autograder/grade.py $(ASSIGNMENT) $(if $(WORKERS),--workers $(WORKERS)) $(GRADE_ARGS)
 
 clean:
 	rm -rf _build

@@ -80,6 +80,8 @@ class Limits:
     max_processes: int = 64  # RLIMIT_NPROC, for the sandbox's uid
     max_output_bytes: int = 1 * MiB  # stdout and stderr together; the rest is discarded
     max_file_bytes: int = 64 * MiB  # RLIMIT_FSIZE
+    max_disk_bytes: int = 256 * MiB  # size of each writable tmpfs (/tmp, the work directory)
+    max_results_bytes: int = 16 * MiB  # the results channel (fd given in GRADER_RESULTS_FD)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -102,6 +104,8 @@ class SandboxResult:
     killed_reason: str | None
     wall_seconds: float
     warning: str | None = None  # set when the command ran without isolation
+    results: bytes = b""  # what the command wrote to the results channel, when asked for
+    results_truncated: bool = False
 
 
 # --- building the bubblewrap command line -------------------------------------------------
@@ -125,6 +129,10 @@ def _bwrap_args(
     env: Mapping[str, str],
     as_root: bool,
     uid: int,
+    binds: Mapping[str, str] | None = None,
+    hide: Sequence[str] = (),
+    workdir: str | None = None,
+    disk_bytes: int | None = None,
 ) -> list[str]:
     args = [
         "bwrap",
@@ -160,13 +168,16 @@ def _bwrap_args(
     for f in SYSTEM_ETC:
         if os.path.lexists(f):
             args += ["--ro-bind", f, f]
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    size = ["--size", str(disk_bytes)] if disk_bytes else []
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/tmp"]
     made = {"/etc", "/proc", "/dev", "/tmp"}  # exist already; new directories may go in /tmp
 
-    binds = [(p, "--ro-bind") for p in readonly] + [(scratch, "--bind")]
+    # With a work directory, the scratch directory only brings the inputs: read-only.
+    mounts_in = [(p, "--ro-bind") for p in readonly]
+    mounts_in.append((scratch, "--ro-bind" if workdir else "--bind"))
     # Parents before children, so that a child bind is not hidden by its parent's.
-    binds.sort(key=lambda b: (len(Path(b[0]).parts), b[0]))
-    for path, flag in binds:
+    mounts_in.sort(key=lambda b: (len(Path(b[0]).parts), b[0]))
+    for path, flag in mounts_in:
         for parent in _ancestors(path):
             # bwrap creates missing parents with mode 0700, which the unprivileged uid could
             # not cross; create them 0755 (unless they exist already or sit in a bind mount).
@@ -176,10 +187,22 @@ def _bwrap_args(
             made.add(parent)
         args += [flag, path, path]
         mounts.append(path)
+    if workdir:
+        for parent in _ancestors(workdir):
+            if parent not in made and not _inside(parent, mounts):
+                args += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+        args += ["--perms", "1777", *size, "--tmpfs", workdir]
+    # Overlays last: a file or folder bound over one inside an earlier mount (a stub module),
+    # and folders hidden behind an empty read-only tmpfs.
+    for dest, source in sorted((binds or {}).items()):
+        args += ["--ro-bind", source, dest]
+    for dest in hide:
+        args += ["--size", "4096", "--tmpfs", dest, "--remount-ro", dest]
 
     for key, value in env.items():
         args += ["--setenv", key, value]
-    args += ["--chdir", scratch]
+    args += ["--chdir", workdir or scratch]
     if as_root:
         args += [
             "setpriv",
@@ -202,9 +225,9 @@ def _interpreter_paths() -> list[str]:
     return sorted(paths)
 
 
-def _minimal_env(scratch: str, env: Mapping[str, str] | None) -> dict[str, str]:
+def _minimal_env(home: str, env: Mapping[str, str] | None) -> dict[str, str]:
     venv_bin = os.path.join(os.path.abspath(sys.prefix), "bin")
-    full = {"PATH": f"{venv_bin}:{DEFAULT_PATH}", "HOME": scratch, "LANG": "C.UTF-8"}
+    full = {"PATH": f"{venv_bin}:{DEFAULT_PATH}", "HOME": home, "LANG": "C.UTF-8"}
     for key, value in (env or {}).items():
         if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
             raise ValueError(f"bad environment entry {key!r}={value!r}")
@@ -293,6 +316,10 @@ def run_sandboxed(
     env: Mapping[str, str] | None = None,
     allow_unsafe: bool = False,
     uid: int | None = None,
+    binds: Mapping[str, Path] | None = None,
+    hide: Sequence[str] = (),
+    workdir: str | None = None,
+    results: bool = False,
 ) -> SandboxResult:
     """Run ``argv`` in a sandbox whose only writable directory is ``scratch``.
 
@@ -301,6 +328,14 @@ def run_sandboxed(
     caller is root (default ``DEFAULT_UID``); give concurrent runs distinct uids, since the
     process limit counts all processes of the uid. Raises ``RuntimeError`` when bubblewrap
     cannot sandbox here, unless ``allow_unsafe`` (then no isolation, and ``result.warning``).
+
+    ``binds`` maps a path inside the sandbox to a host file or folder bound there read-only,
+    over whatever the other mounts put there (stub modules); ``hide`` lists folders replaced
+    by an empty read-only tmpfs. With ``workdir``, the command's working directory and home
+    is a fresh tmpfs of ``limits.max_disk_bytes`` at that path, and ``scratch`` is read-only
+    (it carries the inputs): nothing the command writes reaches the host's disk. With
+    ``results``, the command gets a pipe whose fd number is in ``GRADER_RESULTS_FD``; what it
+    writes there (up to ``limits.max_results_bytes``) is ``result.results``.
     """
     if isinstance(argv, (str, bytes)) or not argv:
         raise ValueError("argv must be a non-empty sequence of strings")
@@ -315,7 +350,43 @@ def run_sandboxed(
     for p in ro:
         if not os.path.exists(p):
             raise ValueError(f"read-only path {p} does not exist")
-    full_env = _minimal_env(str(scratch), env)
+    if workdir is not None and (not workdir.startswith("/") or workdir == "/"):
+        raise ValueError(f"workdir must be an absolute path other than /, got {workdir!r}")
+    bind_map = {}
+    for dest, source in (binds or {}).items():
+        if not str(dest).startswith("/") or not os.path.exists(source):
+            raise ValueError(f"bind {source} -> {dest}: needs an existing source, absolute dest")
+        bind_map[str(dest)] = str(Path(source).resolve())
+    res: list[int | None] = [None, None]  # read end, write end (None once closed)
+    if results:
+        res[:] = os.pipe()
+        env = {**(env or {}), "GRADER_RESULTS_FD": str(res[1])}
+    try:
+        return _run_sandboxed(
+            argv, scratch=scratch, ro=ro, limits=limits, env=env, allow_unsafe=allow_unsafe,
+            uid=uid, binds=bind_map, hide=hide, workdir=workdir, res=res,
+        )  # fmt: skip
+    finally:
+        for fd in res:
+            if fd is not None:
+                os.close(fd)
+
+
+def _run_sandboxed(
+    argv: Sequence[str],
+    *,
+    scratch: Path,
+    ro: list[str],
+    limits: Limits,
+    env: Mapping[str, str] | None,
+    allow_unsafe: bool,
+    uid: int | None,
+    binds: dict[str, str],
+    hide: Sequence[str],
+    workdir: str | None,
+    res: list[int | None],
+) -> SandboxResult:
+    full_env = _minimal_env(workdir or str(scratch), env)
     as_root = os.geteuid() == 0
     uid = DEFAULT_UID if uid is None else int(uid)
     if as_root and not 0 < uid < 2**32 - 1:
@@ -334,6 +405,10 @@ def run_sandboxed(
             env=full_env,
             as_root=as_root,
             uid=uid,
+            binds=binds,
+            hide=hide,
+            workdir=workdir,
+            disk_bytes=limits.max_disk_bytes,
         ) + [os.fspath(a) for a in argv]
         try:
             return _run(
@@ -343,6 +418,7 @@ def run_sandboxed(
                 limits=limits,
                 warning=None,
                 info=(info_r, info_w),
+                res=res,
             )
         finally:
             os.close(info_r)
@@ -357,7 +433,14 @@ def run_sandboxed(
             f"{reason}. Install bubblewrap (apt-get install bubblewrap) and make sure it can "
             "create namespaces here, or pass allow_unsafe=True to run WITHOUT isolation."
         )
-    return _run(cmd, cwd=str(scratch), env=full_env, limits=limits, warning=warning, info=None)
+    if workdir is not None:
+        warning += f"; the work directory was {scratch} itself, not a tmpfs at {workdir}"
+        full_env["HOME"] = str(scratch)
+    if binds or hide:
+        warning += "; the stub modules and hidden folders were NOT put in place"
+    return _run(
+        cmd, cwd=str(scratch), env=full_env, limits=limits, warning=warning, info=None, res=res
+    )
 
 
 def _run(
@@ -368,7 +451,9 @@ def _run(
     limits: Limits,
     warning: str | None,
     info: tuple[int, int] | None,
+    res: list[int | None] | None = None,
 ) -> SandboxResult:
+    res = res if res is not None else [None, None]
     start = time.monotonic()
     deadline = start + limits.wall_seconds
     proc = subprocess.Popen(
@@ -381,22 +466,31 @@ def _run(
         start_new_session=True,  # its own process group, killed as a whole on timeout
         preexec_fn=_make_preexec(limits),
         close_fds=True,
-        pass_fds=(info[1],) if info else (),
+        pass_fds=tuple(fd for fd in ((info[1] if info else None), res[1]) if fd is not None),
     )
     if info:
         os.close(info[1])
+    res_fd = res[0]
+    if res[1] is not None:
+        os.close(res[1])  # the child holds the write end now: EOF when it (and its children) exit
+        res[1] = None
     init = _SandboxInit(info[0]) if info else None
     pgid = proc.pid
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
     kept = 0
-    truncated = timed_out = False
+    res_chunks: list[bytes] = []
+    res_kept = 0
+    truncated = res_truncated = timed_out = False
     killed_reason: str | None = None
     sel = selectors.DefaultSelector()
     try:
         for f in (proc.stdout, proc.stderr):
             os.set_blocking(f.fileno(), False)
             sel.register(f.fileno(), selectors.EVENT_READ)
+        if res_fd is not None:
+            os.set_blocking(res_fd, False)
+            sel.register(res_fd, selectors.EVENT_READ)
         drain_until: float | None = None
         while sel.get_map():
             now = time.monotonic()
@@ -416,6 +510,14 @@ def _run(
                     continue
                 if not data:
                     sel.unregister(fd)
+                    continue
+                if fd == res_fd:
+                    room = limits.max_results_bytes - res_kept
+                    if len(data) > room:
+                        res_truncated = True
+                        data = data[: max(room, 0)]
+                    res_chunks.append(data)
+                    res_kept += len(data)
                     continue
                 room = limits.max_output_bytes - kept
                 if len(data) > room:
@@ -452,6 +554,8 @@ def _run(
         killed_reason=killed_reason,
         wall_seconds=time.monotonic() - start,
         warning=warning,
+        results=b"".join(res_chunks),
+        results_truncated=res_truncated,
     )
 
 

@@ -290,3 +290,72 @@ def test_without_bubblewrap_it_refuses_unless_told(scratch, uid, monkeypatch):
     assert r.warning and "UNSAFE" in r.warning and "bwrap missing (test)" in r.warning
     assert r.timed_out
     assert r.stdout.splitlines() == [b"None", str(scratch).encode()]
+
+
+# --- what the grader adds: stub modules, a tmpfs work directory, a results channel ----------
+
+
+@needs_bwrap
+def test_stub_binds_hide_folders_and_a_bounded_tmpfs_workdir(tmp_path, scratch, uid):
+    (scratch / "input.txt").write_text("given")
+    real = tmp_path / "pkg"
+    (real / "__pycache__").mkdir(parents=True)
+    (real / "mod.py").write_text("VALUE = 'the real one'\n")
+    (real / "__pycache__" / "compiled.pyc").write_bytes(b"secret bytes")
+    stub = tmp_path / "stub.py"
+    stub.write_text("VALUE = 'the stub'\n")
+    for path in (tmp_path, real, real / "__pycache__"):
+        path.chmod(0o755)
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(tmp_path)!r})
+import pkg.mod
+print("module:", pkg.mod.VALUE)
+print("pycache:", os.listdir({str(real / "__pycache__")!r}))
+print("cwd:", os.getcwd(), os.environ["HOME"])
+print("input:", open({str(scratch / "input.txt")!r}).read())
+try:
+    open({str(scratch / "new.txt")!r}, "w")
+except OSError as error:
+    print("scratch read-only:", type(error).__name__)
+for where in (".", "/tmp"):
+    try:
+        with open(os.path.join(where, "fill"), "wb") as f:
+            for _ in range(64):
+                f.write(b"x" * 2**20)
+                f.flush()
+        print("filled", where)
+    except OSError as error:
+        print("full", where, error.errno)
+"""
+    limits = sandbox.Limits(wall_seconds=20, max_disk_bytes=8 * sandbox.MiB)
+    r = run_py(code, scratch, uid, limits=limits, readonly=[tmp_path],
+               binds={str(real / "mod.py"): stub}, hide=[str(real / "__pycache__")],
+               workdir="/home/student")  # fmt: skip
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert "module: the stub" in out
+    assert "pycache: []" in out
+    assert "cwd: /home/student /home/student" in out
+    assert "input: given" in out and "scratch read-only" in out
+    assert "full . 28" in out and "full /tmp 28" in out  # ENOSPC at 8 MiB, not 64
+    assert not (scratch / "fill").exists() and (real / "mod.py").read_text().startswith(
+        "VALUE = 'the real"
+    )
+
+
+@needs_bwrap
+def test_results_channel_is_separate_and_capped(scratch, uid):
+    code = """
+import os
+fd = int(os.environ["GRADER_RESULTS_FD"])
+os.write(fd, b'{"ok": 1}\\n')
+print("to stdout")
+os.write(fd, b"z" * 5000)
+"""
+    limits = sandbox.Limits(wall_seconds=20, max_results_bytes=1000)
+    r = run_py(code, scratch, uid, limits=limits, results=True)
+    assert r.returncode == 0, r.stderr
+    assert r.results.startswith(b'{"ok": 1}\n') and len(r.results) == 1000
+    assert r.results_truncated and not r.truncated
+    assert r.stdout == b"to stdout\n"
