@@ -642,10 +642,15 @@ def grade_one(
         scratch.mkdir()
         Path(tmp).chmod(0o755)
         (scratch / "run.json").write_text(json.dumps({"cells": run_cells}))
-        for extra in folder.iterdir():  # data files handed in beside the notebook
+        budget = settings.limits.max_disk_bytes // 2  # data files handed in beside it
+        for extra in sorted(folder.iterdir()):
             if extra.is_file() and not extra.is_symlink() and extra.suffix != ".ipynb":
-                if extra.stat().st_size <= settings.limits.max_file_bytes:
+                size = extra.stat().st_size
+                if size <= min(settings.limits.max_file_bytes, budget):
                     shutil.copy2(extra, scratch / extra.name)
+                    budget -= size
+                else:
+                    notes.append(f"{extra.name} was not copied: the files are over the limit")
         scratch.chmod(0o755)
         result = sandbox.run_sandboxed(
             ["python", "-I", str(lib / "harness.py"), str(scratch / "run.json"), str(lib)],

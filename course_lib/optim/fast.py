@@ -69,7 +69,15 @@ def compiled_update() -> Callable[..., None]:
     for hundreds of tensors); Inductor caches the kernels on disk for later processes.
     """
     if "update" not in _COMPILED:
-        _COMPILED["update"] = torch.compile(adamw_fused_update, fullgraph=True, dynamic=False)
+        # Inductor's wrapper re-checks every input's size and stride in Python before the
+        # kernel (4 calls per parameter: most of a small tensors' step); Dynamo's guards check
+        # exactly that already (dynamic=False), so the asserts are switched off.
+        _COMPILED["update"] = torch.compile(
+            adamw_fused_update,
+            fullgraph=True,
+            dynamic=False,
+            options={"size_asserts": False, "alignment_asserts": False},
+        )
     return _COMPILED["update"]
 
 
@@ -114,7 +122,7 @@ class FusedAdamW(AdamW):
             if not active:
                 continue
             for device, params, exp_avgs, exp_avg_sqs, counters in self._plan(index, active):
-                torch._foreach_add_(counters, 1.0)  # one call for all the step counters
+                counters.add_(1.0)  # every state["step"] of the bucket is a view into it
                 t = counters[0].item()  # a bucket's counters are equal (see _plan)
                 grads = [p.grad for p in params]
                 scalars = torch.tensor(
@@ -160,16 +168,23 @@ class FusedAdamW(AdamW):
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, (p, t) in enumerate(zip(active, steps, strict=True)):
             buckets[(p.device, p.dtype, t)].append(i)
-        plan = [
-            (
-                device,
-                [active[i] for i in members],
-                [states[i]["exp_avg"] for i in members],
-                [states[i]["exp_avg_sq"] for i in members],
-                [states[i]["step"] for i in members],
+        plan = []
+        for (device, _, _), members in buckets.items():
+            # One tensor holds the bucket's step counters, and each state["step"] becomes a
+            # 0-d view of it: one add per step instead of one per parameter (hundreds of
+            # small tensors). The views keep torch's state layout for state_dict.
+            counters = torch.stack([states[i]["step"] for i in members])
+            for k, i in enumerate(members):
+                states[i]["step"] = counters[k]
+            plan.append(
+                (
+                    device,
+                    [active[i] for i in members],
+                    [states[i]["exp_avg"] for i in members],
+                    [states[i]["exp_avg_sq"] for i in members],
+                    counters,
+                )
             )
-            for (device, _, _), members in buckets.items()
-        ]
         self._plans[index] = (key, plan)
         return plan
 
