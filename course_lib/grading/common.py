@@ -347,14 +347,18 @@ def number_from(desc: Any, what: str) -> float:
     if kind == "bad_number":
         raise GradingError(f"{what} should be a number, got {text(desc.get('repr'))}")
     if kind == "number":
-        value = desc.get("value")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise malformed(f"{what} is not a number")
-        try:
-            return float(value)
-        except OverflowError as error:
-            raise malformed(f"{what} is out of range") from error
+        return recorded_float(desc.get("value"), what)
     raise malformed(f"{what} is not a recorded number")
+
+
+def recorded_float(value: Any, what: str) -> float:
+    """A number from an observation (untrusted): a float, or a malformed-observation error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise malformed(f"{what} is not a number")
+    try:
+        return float(value)
+    except OverflowError as error:
+        raise malformed(f"{what} is out of range") from error
 
 
 def text(value: Any, limit: int = MAX_TEXT) -> str:

@@ -30,6 +30,7 @@ from course_lib.grading.common import (
     decode_tensor,
     malformed,
     number_from,
+    recorded_float,
     text,
 )
 from course_lib.grading.delegation import refusal
@@ -323,13 +324,7 @@ def _int(obs: Any, key: str, what: str | None = None) -> int:
     return _field(obs, key, int, what)
 
 
-def _float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise malformed(f"{what} is not a number")
-    try:
-        return float(value)
-    except OverflowError as error:
-        raise malformed(f"{what} is out of range") from error
+_float = recorded_float
 
 
 def _texts(value: Any, what: str) -> list[str]:
