@@ -5,7 +5,7 @@
 #   make lint        ruff check + ruff format --check
 #   make format      ruff format + ruff check --fix
 #   make exercises   regenerate exercises/ from solutions/ with nbgrader
-#   make bench       run the benchmarks; results go to benchmarks/results/*.json
+#   make bench       run the benchmarks (about 10 min); results go to benchmarks/results/*.json
 #   make grade ASSIGNMENT=adamw [WORKERS=4] [GRADE_ARGS="--force"]
 #                    grade autograder/submitted/*/ASSIGNMENT in the sandbox (autograder/grade.py)
 #   make clean       remove _build (keeps .venv)
@@ -62,6 +62,7 @@ exercises: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.adamw_step
 	$(PY) -m benchmarks.adamw8bit
+	$(PY) -m benchmarks.grading
 
 # Student code is untrusted: grade.py refuses to run without a bubblewrap sandbox.
 # Install it here when it is missing and we may (root with apt-get).
