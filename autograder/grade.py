@@ -53,6 +53,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -142,6 +143,23 @@ def _quiet_exec(source: str, namespace: dict, label: str) -> None:
         exec(compile(source, label, "exec"), namespace)
 
 
+def host_tests(
+    name: str, cells: Iterable[SourceCell], answers: dict[str, tuple[str, ...]], ref: Callable
+) -> Iterator[tuple[int, SourceCell, dict[str, Any]]]:
+    """The test cells in order, each with the namespace the notebook has built up to it, as
+    the grader's process holds it: locked cells run (the instructor's code), each solution
+    cell binds its names to ``ref(name)`` placeholders. Yields (position, cell, namespace).
+    Plan and judge both walk the cells this way, so they see the same names."""
+    namespace: dict[str, Any] = {"__name__": "__grader__"}
+    for position, cell in enumerate(cells):
+        if cell.role == "locked":
+            _quiet_exec(cell.source, namespace, f"<{name}:{cell.grade_id}>")
+        elif cell.role == "solution":
+            namespace.update({n: ref(n) for n in answers[cell.grade_id]})
+        elif cell.role == "test":
+            yield position, cell, namespace
+
+
 def load_assignment(root: Path, name: str) -> Assignment:
     from course_lib import grading
 
@@ -181,16 +199,10 @@ def load_assignment(root: Path, name: str) -> Assignment:
     # The plan: what each test cell will ask the sandbox to observe. The test cells run here,
     # in the grader, with every answer replaced by a placeholder.
     plans: dict[str, list[dict]] = {}
-    namespace: dict[str, Any] = {"__name__": "__grader__"}
-    for cell in cells:
-        if cell.role == "locked":
+    for _, cell, namespace in host_tests(name, cells, answers, grading.AnswerRef):
+        with grading.planning() as requests:  # requests hold plain JSON already
             _quiet_exec(cell.source, namespace, f"<{name}:{cell.grade_id}>")
-        elif cell.role == "solution":
-            namespace.update({n: grading.AnswerRef(n) for n in answers[cell.grade_id]})
-        elif cell.role == "test":
-            with grading.planning() as requests:
-                _quiet_exec(cell.source, namespace, f"<{name}:{cell.grade_id}>")
-            plans[cell.grade_id] = json.loads(json.dumps(list(requests)))
+        plans[cell.grade_id] = list(requests)
     digest = hashlib.sha256(GRADER_VERSION.encode())
     code = [HERE / "grade.py", HERE / "harness.py", HERE / "sandbox.py"]
     for path in sorted(
@@ -605,13 +617,13 @@ def grade_one(
     folder = root / "autograder" / "submitted" / student / assignment.name
     paths = _Paths(settings)
     zero = {c.grade_id: 0.0 for c in assignment.tests}
+    fingerprint = _folder_fingerprint(folder, assignment)
     try:
         submission = read_submission(folder, assignment)
-        fingerprint = _folder_fingerprint(folder, assignment)
     except (Unreadable, OSError) as error:
         reason = paths.scrub(str(error))
         outcome = Outcome(student, "unreadable", zero, {}, [], reason, time.monotonic() - start,
-                          fingerprint=_folder_fingerprint(folder, assignment))  # fmt: skip
+                          fingerprint=fingerprint)  # fmt: skip
         return outcome, _feedback_notebook(assignment, outcome, [], {}, paths)
     items, notes = assemble(assignment, submission)
     notes = submission.notes + notes
@@ -677,41 +689,37 @@ def grade_one(
     refs = {
         n: grading.AnswerRef(n, sources) for names in assignment.answers.values() for n in names
     }
-    namespace: dict[str, Any] = {"__name__": "__grader__"}
     scores, messages, outputs = {}, {}, {}
     previous = os.environ.get("COURSE_DEVICE")
     os.environ["COURSE_DEVICE"] = "cpu"
     try:
-        for position, cell in enumerate(_source_order(assignment, items)):
-            if cell.role == "locked":
-                _quiet_exec(cell.source, namespace, f"<{assignment.name}:{cell.grade_id}>")
-            elif cell.role == "solution":
-                namespace.update({n: refs[n] for n in assignment.answers[cell.grade_id]})
-            elif cell.role == "test":
-                index = position
-                entries = _test_entries(records.get(index))
-                if entries is None:
-                    with grading.planning():  # keeps the namespace as the notebook builds it
-                        _quiet_exec(cell.source, namespace, f"<{assignment.name}:{cell.grade_id}>")
-                    scores[cell.grade_id] = 0.0
-                    messages[cell.grade_id] = (
-                        f"not run: your notebook did not reach this test ({ended or 'unknown'})"
-                    )
-                    continue
-                buffer = io.StringIO()
-                try:
-                    with grading.judging(entries), contextlib.redirect_stdout(buffer):
-                        exec(compile(cell.source, f"<{cell.grade_id}>", "exec"), namespace)
-                except Exception as error:
-                    scores[cell.grade_id] = 0.0
-                    text = str(error) or type(error).__name__
-                    if not isinstance(error, AssertionError):
-                        text = f"{type(error).__name__}: {text}"
-                    messages[cell.grade_id] = paths.scrub(text, scratch_paths)
-                else:
-                    scores[cell.grade_id] = cell.points
-                    messages[cell.grade_id] = ""
-                outputs[cell.grade_id] = paths.scrub(buffer.getvalue(), scratch_paths)
+        walk = host_tests(assignment.name, _source_order(assignment, items), assignment.answers,
+                          refs.__getitem__)  # fmt: skip
+        for index, cell, namespace in walk:
+            label = f"<{assignment.name}:{cell.grade_id}>"
+            entries = _test_entries(records.get(index))
+            if entries is None:
+                with grading.planning():  # keeps the namespace as the notebook builds it
+                    _quiet_exec(cell.source, namespace, label)
+                scores[cell.grade_id] = 0.0
+                messages[cell.grade_id] = (
+                    f"not run: your notebook did not reach this test ({ended or 'unknown'})"
+                )
+                continue
+            buffer = io.StringIO()
+            try:
+                with grading.judging(entries), contextlib.redirect_stdout(buffer):
+                    exec(compile(cell.source, label, "exec"), namespace)
+            except Exception as error:
+                scores[cell.grade_id] = 0.0
+                text = str(error) or type(error).__name__
+                if not isinstance(error, AssertionError):
+                    text = f"{type(error).__name__}: {text}"
+                messages[cell.grade_id] = paths.scrub(text, scratch_paths)
+            else:
+                scores[cell.grade_id] = cell.points
+                messages[cell.grade_id] = ""
+            outputs[cell.grade_id] = paths.scrub(buffer.getvalue(), scratch_paths)
     finally:
         if previous is None:
             os.environ.pop("COURSE_DEVICE", None)
