@@ -1228,6 +1228,11 @@ def _positive(kind: type, name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # nbgrader's Gradebook runs `alembic` by name: this interpreter's bin folder (.venv/bin)
+    # goes first on the PATH, so that the grader works from a plain shell.
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     defaults = sandbox.Limits(wall_seconds=120.0)
     parser = argparse.ArgumentParser(
         prog="grade.py",

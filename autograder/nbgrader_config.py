@@ -15,6 +15,8 @@ Any option can be overridden on the command line, e.g. ``--CourseDirectory.root=
 (the tests and ``make_exercises.py`` do that to work in a scratch copy).
 """
 
+import os
+import sys
 from pathlib import Path
 
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
@@ -23,6 +25,13 @@ from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 c = get_config()  # noqa: F821 -- provided by traitlets when it loads this file
 
 COURSE = Path(__file__).resolve().parent.parent
+
+# nbgrader's gradebook runs `alembic` by name, and nbconvert may look for `jupyter`: put the
+# bin folder of the interpreter running nbgrader (.venv/bin) first on the PATH, so that
+# `../.venv/bin/nbgrader ...` works from a plain shell with no virtual environment activated.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 c.CourseDirectory.course_id = "adam-course"
 c.CourseDirectory.root = str(COURSE)
@@ -33,6 +42,13 @@ c.CourseDirectory.autograded_directory = "autograder/autograded"
 c.CourseDirectory.feedback_directory = "autograder/feedback"
 c.CourseDirectory.solution_directory = "autograder/feedback/solution"
 c.CourseDirectory.db_url = f"sqlite:///{COURSE / 'autograder' / 'gradebook.db'}"
+
+# nbgrader's exchange (release_assignment, collect, release_feedback) defaults to
+# /usr/local/share/nbgrader/exchange. Keep it inside the course, not committed; on a shared
+# JupyterHub set it to a folder every student can reach, e.g. --Exchange.root=/srv/exchange.
+c.Exchange.root = str(COURSE / "autograder" / "exchange")
+# release_feedback skips (with a warning) submissions placed by hand instead of failing.
+c.ExchangeFactory.release_feedback = "autograder.exchange.ReleaseFeedback"
 
 # The stub students see in place of each solution.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -124,7 +125,12 @@ def sqrt_rule_beta(beta: float, kappa: float, *, name: str = "beta") -> float:
     beta = _check_beta(name, beta)
     kappa = _check_kappa(kappa)
     scaled = 1.0 - kappa * (1.0 - beta)
-    if abs(scaled) < 1e-12:  # 1 - 10 * (1 - 0.9) is 2e-16 in floating point: it means 0
+    # Zero up to the rounding of this computation means zero: 1 - 10 * (1 - 0.9) is 2.2e-16
+    # in floating point. The error of 1 - kappa * (1 - beta) is a few ulps of kappa * (1 -
+    # beta) ~ kappa (the representation error of beta scaled by kappa, and two roundings),
+    # so anything within 4 * kappa * eps of 0 is 0, and a genuinely small beta (1e-12 with
+    # kappa = 1) is kept.
+    if abs(scaled) <= 4.0 * kappa * sys.float_info.epsilon:
         scaled = 0.0
     if not 0.0 <= scaled < 1.0:
         raise ValueError(

@@ -1,9 +1,22 @@
-"""Shared test set-up: a CUDA marker that explains why it skips."""
+"""Shared test set-up: the hypothesis profiles, the CUDA marker, and a closing line that says
+how many sandbox tests were skipped and why."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Every machine runs the same examples: derandomized, no example database. `make fuzz`
+# selects the "fuzz" profile (random exploration, more examples) with HYPOTHESIS_PROFILE.
+settings.register_profile(
+    "ci", derandomize=True, database=None, print_blob=True, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.register_profile("fuzz", derandomize=False, max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CUDA_REASON = "CUDA is not available on this machine; these tests run where a GPU is present"
 
@@ -18,3 +31,19 @@ DEVICES = [
         ],
     ),
 ]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line for the sandbox tests that did not run, with the reason and the fix."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = {}
+    for report in skipped:
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        if "bubblewrap" in reason or "sandbox" in reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(
+            f"{count} sandbox test(s) SKIPPED: {reason.removeprefix('Skipped: ')}. "
+            "Install it with: sudo apt-get install bubblewrap (make setup does this as root)",
+            yellow=True,
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from course_lib.batch_scaling import (
@@ -60,6 +60,9 @@ def test_scale_hyperparameters_dispatches_by_name():
     warmup=st.integers(0, 10_000),
 )
 @settings(max_examples=100, deadline=None)
+# A beta far below 1: the old absolute 1e-12 cut-off turned it into 0 even with kappa = 1.
+@example(base=1, lr=1e-6, beta1=1e-12, beta2=0.0, warmup=0)
+@example(base=256, lr=3e-4, beta1=5e-13, beta2=2e-16, warmup=1)
 def test_same_batch_changes_nothing(base, lr, beta1, beta2, warmup):
     for rule in (linear_rule, sqrt_rule):
         hp = rule(base_batch_size=base, batch_size=base, lr=lr, betas=(beta1, beta2),
@@ -73,12 +76,19 @@ def test_same_batch_changes_nothing(base, lr, beta1, beta2, warmup):
 @settings(max_examples=200, deadline=None)
 def test_sqrt_rule_beta_composes(k1, k2, beta):
     """Scaling by k1 then k2 is scaling by k1 * k2: the rule is a change of time unit."""
-    if k1 * k2 * (1 - beta) >= 1 or k1 * (1 - beta) >= 1:
-        return
+    assume(k1 * k2 * (1 - beta) < 1 and k1 * (1 - beta) < 1)
     twice = sqrt_rule_beta(sqrt_rule_beta(beta, k1), k2)
     assert twice == pytest.approx(sqrt_rule_beta(beta, k1 * k2), abs=1e-12)
     # the memory 1 / (1 - beta), in steps, shrinks by exactly kappa
     assert 1 / (1 - sqrt_rule_beta(beta, k1)) == pytest.approx(1 / (1 - beta) / k1, rel=1e-9)
+
+
+def test_sqrt_rule_beta_is_zero_only_up_to_rounding():
+    """Zero means zero up to the rounding of 1 - kappa * (1 - beta), relative to kappa."""
+    assert sqrt_rule_beta(0.9, 10.0) == 0.0  # 2.2e-16 in floating point: exactly 0 here
+    assert sqrt_rule_beta(0.99, 100.0) == 0.0
+    assert sqrt_rule_beta(1e-12, 1.0) == pytest.approx(1e-12, rel=1e-3)  # not snapped to 0
+    assert sqrt_rule_beta(0.5, 2.0 - 2e-12) == pytest.approx(1e-12, rel=1e-3)
 
 
 def test_rules_halve_and_double_consistently():

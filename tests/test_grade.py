@@ -15,6 +15,8 @@ import base64
 import hashlib
 import json
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -517,17 +519,30 @@ def test_killed_halfway_and_rerun_grades_everything_once(tmp_path):
         nbformat.write(book, str(folder / "adamw.ipynb"))
     command = [sys.executable, str(ROOT / "autograder" / "grade.py"), "adamw", "--root",
                str(root), "--workers", "2"]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = root / "autograder" / "autograded"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and len(list(markers.rglob(grade.MARKER_NAME))) < 2:
-        time.sleep(0.2)
-        assert proc.poll() is None, "the grader ended before it could be killed"
+    # The progress bar (stderr) prints one line per submission once its gradebook row and
+    # marker are written: kill the batch right after the second, and wait for every process
+    # it started (workers, sandboxes) to be gone, by their pidfds, not by sleeping.
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finished = 0
+    for line in proc.stderr:
+        finished += bool(re.search(r"\b\d+/6\b", line))
+        if finished == 2:
+            break
+    assert finished == 2, "the grader ended before it could be killed"
+    family = [proc.pid, *_descendants(proc.pid)]
+    pidfds = [fd for fd in map(_pidfd, family) if fd is not None]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
+    try:  # PR_SET_PDEATHSIG: the workers die with it, and their sandboxes with them
+        for fd in pidfds:
+            assert select.select([fd], [], [], 60)[0], "a worker outlived the killed grader"
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    markers = root / "autograder" / "autograded"
     done_before = len(list(markers.rglob(grade.MARKER_NAME)))
     assert 2 <= done_before < len(students)
-    time.sleep(1)  # its workers die with it (PR_SET_PDEATHSIG)
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{len(students) - done_before} to grade" in rerun.stdout
@@ -537,6 +552,33 @@ def test_killed_halfway_and_rerun_grades_everything_once(tmp_path):
 
     with Gradebook(f"sqlite:///{root / 'autograder' / 'gradebook.db'}") as gb:
         assert len(gb.find_assignment("adamw").submissions) == len(students)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once it has exited); None when it is gone already."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):

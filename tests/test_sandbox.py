@@ -15,7 +15,6 @@ import random
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +102,7 @@ def test_unbound_directories_do_not_exist_inside(tmp_path, scratch, uid):
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "data.txt").write_text("given")
-    host_root = sorted(os.listdir("/root")) if os.access("/root", os.R_OK) else []
+    home = Path.home()
     code = f"""
 import os
 for p in [{str(solutions / "secret.txt")!r}, {str(ROOT / "solutions")!r},
@@ -113,7 +112,12 @@ try:
     open({str(solutions / "secret.txt")!r}).read(); print("READ SECRET")
 except OSError as e:
     print("denied", type(e).__name__)
-print("root:", sorted(os.listdir("/root")))
+def listing(path):
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return None
+print("home:", listing({str(home)!r}))
 print("shared:", open({str(shared / "data.txt")!r}).read())
 """
     r = run_py(code, scratch, uid, readonly=[shared])
@@ -122,10 +126,15 @@ print("shared:", open({str(shared / "data.txt")!r}).read())
     assert "READ SECRET" not in out and "denied FileNotFoundError" in out
     assert " True" not in out, out
     assert "shared: given" in out
-    inside_root = eval(out.split("root:", 1)[1].splitlines()[0])
-    # At most the path down to the interpreter (pyenv lives under /root here).
-    assert set(inside_root) <= {".pyenv"}
-    assert len(host_root) == 0 or set(host_root) - set(inside_root)
+    # The caller's home folder exists inside only as the path down to something bound there
+    # (the interpreter, when it lives under the home folder): whatever else it holds is gone.
+    inside = eval(out.split("home:", 1)[1].splitlines()[0])
+    needed = {
+        Path(p).relative_to(home).parts[0]
+        for p in [*sandbox._interpreter_paths(), str(ROOT)]
+        if Path(p).is_relative_to(home) and Path(p) != home
+    }
+    assert inside is None or set(inside) <= needed, (inside, needed)
 
 
 @needs_bwrap
@@ -217,7 +226,7 @@ import subprocess
 procs = []
 try:
     for _ in range(200):
-        procs.append(subprocess.Popen(["sleep", "5"]))
+        procs.append(subprocess.Popen(["sleep", "3600"]))
 except OSError as e:
     print("stopped", len(procs), type(e).__name__)
 """
@@ -225,7 +234,9 @@ except OSError as e:
     assert r.returncode == 0, r.stderr
     started = int(r.stdout.split()[1])
     assert r.stdout.startswith(b"stopped") and started < 20
-    assert r.wall_seconds < 3  # the sleeps died with the sandbox, nobody waited for them
+    # The sleeps (an hour each) died with the sandbox: had the runner waited for them, it
+    # would have hit the wall-clock limit.
+    assert not r.timed_out
     assert processes_of(uid) == []
 
 
@@ -278,7 +289,6 @@ def test_without_bubblewrap_it_refuses_unless_told(scratch, uid, monkeypatch):
     with pytest.raises(RuntimeError, match=r"bwrap missing \(test\).*allow_unsafe"):
         run_py("print('ran')", scratch, uid)
     monkeypatch.setenv("HOST_SECRET", "s3cret")
-    start = time.monotonic()
     r = run_py(
         "import os; print(os.environ.get('HOST_SECRET')); print(os.getcwd(), flush=True)\nwhile True: pass",
         scratch,
@@ -286,7 +296,6 @@ def test_without_bubblewrap_it_refuses_unless_told(scratch, uid, monkeypatch):
         sandbox.Limits(wall_seconds=1.5),
         allow_unsafe=True,
     )
-    assert time.monotonic() - start < 4
     assert r.warning and "UNSAFE" in r.warning and "bwrap missing (test)" in r.warning
     assert r.timed_out
     assert r.stdout.splitlines() == [b"None", str(scratch).encode()]

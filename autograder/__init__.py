@@ -1,0 +1,1 @@
+"""The course's grading: nbgrader configuration, release, and the sandboxed batch grader."""

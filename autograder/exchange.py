@@ -1,0 +1,42 @@
+"""nbgrader's exchange, as this course uses it (selected in ``nbgrader_config.py``)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from nbgrader.exchange.default.release_feedback import ExchangeReleaseFeedback
+
+
+class ReleaseFeedback(ExchangeReleaseFeedback):
+    """``nbgrader release_feedback`` that skips submissions placed by hand.
+
+    Feedback goes back through the exchange to the student who submitted through it: nbgrader
+    files it under a hash of the ``submission_secret.txt`` that ``nbgrader submit`` wrote, and
+    needs ``timestamp.txt``. A notebook copied into ``autograder/submitted/`` by hand has
+    neither, and nbgrader's own command stops with a ``FileNotFoundError`` at the first such
+    student, releasing nothing for the ones after it. This skips them with a warning naming
+    the feedback file to hand out some other way.
+    """
+
+    def copy_files(self) -> None:
+        pattern = self.coursedir.format_path(
+            self.coursedir.feedback_directory, "*", self.coursedir.assignment_id
+        )
+        skipped = []
+        for folder in sorted(glob.glob(pattern)):
+            needed = ("timestamp.txt", "submission_secret.txt")
+            if all(os.path.isfile(os.path.join(folder, name)) for name in needed):
+                continue
+            student = os.path.basename(os.path.dirname(folder))
+            skipped.append(student)
+            self.log.warning(
+                "Not releasing feedback for '%s': the submission did not come through the "
+                "exchange (no timestamp.txt / submission_secret.txt); hand out %s yourself",
+                student,
+                folder,
+            )
+        if skipped:
+            excluded = [s for s in self.coursedir.student_id_exclude.split(",") if s]
+            self.coursedir.student_id_exclude = ",".join(excluded + skipped)
+        super().copy_files()
