@@ -63,7 +63,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import sandbox  # noqa: E402 -- autograder/ is a folder of scripts, not a package
 
-GRADER_VERSION = "1"
+GRADER_VERSION = "2"
+#: The grader's modules that the sandbox holds (copied as they are): what runs in the
+#: student's process. Everything else of the grader stays outside.
+SANDBOX_MODULES = ("__init__.py", "grading.py", "common.py", "observe.py", "delegation.py")
+#: torch's modules bound over by the files of autograder/stubs/ in the sandbox.
+STUBS = ("adam", "adamw")
 MAX_NOTEBOOK_BYTES = 20 * sandbox.MiB
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
 SANDBOX_HOME = "/home/student"
@@ -161,7 +166,7 @@ def host_tests(
 
 
 def load_assignment(root: Path, name: str) -> Assignment:
-    from course_lib import grading
+    from autograder import grading
 
     source_path = root / "solutions" / name / f"{name}.ipynb"
     release_path = root / "exercises" / name / f"{name}.ipynb"
@@ -205,9 +210,7 @@ def load_assignment(root: Path, name: str) -> Assignment:
         plans[cell.grade_id] = list(requests)
     digest = hashlib.sha256(GRADER_VERSION.encode())
     code = [HERE / "grade.py", HERE / "harness.py", HERE / "sandbox.py"]
-    for path in sorted(
-        [source_path, release_path, *code, *Path(grading.__file__).parent.glob("*.py")]
-    ):
+    for path in sorted([source_path, release_path, *code, *HERE.glob("*.py")]):
         digest.update(path.name.encode() + path.read_bytes())
     return Assignment(
         name=name,
@@ -426,82 +429,23 @@ def assemble(assignment: Assignment, submission: Submission) -> tuple[list[dict]
 # Running in the sandbox.
 # --------------------------------------------------------------------------------------
 
-STUB = '''"""Not available while grading: the exercise is to write {what} yourself."""
-
-from torch.optim.optimizer import Optimizer
-
-_MESSAGE = (
-    "torch.optim.{cls} is not available while your notebook is graded: the exercise is to "
-    "write the update yourself with tensor operations"
-)
-
-
-class {cls}(Optimizer):
-    def __init__(self, *args, **kwargs):
-        raise RuntimeError(_MESSAGE)
-
-
-def {fn}(*args, **kwargs):
-    raise RuntimeError(_MESSAGE)
-
-
-__all__ = ["{cls}", "{fn}"]
-'''
-
-SHIM = '''"""course_lib.grading as the grading sandbox holds it: the observation side only.
-
-The checks are judged by the grader, outside this process; calling one here does nothing.
-"""
-
-import os
-import random
-
-import torch
-
-from course_lib.grading import observe  # noqa: F401
-
-
-def default_device():
-    return torch.device("cpu")
-
-
-def rng(seed):
-    return random.Random(seed)
-
-
-def __getattr__(name):
-    if name.startswith("check_"):
-        def skipped(*args, **kwargs):
-            print(f"(grading.{name} is judged by the grader while grading; skipped here)")
-        return skipped
-    raise AttributeError(f"module 'course_lib.grading' has no attribute {name!r} while grading")
-'''
-
 
 def build_sandbox_lib(target: Path) -> dict[str, Path]:
-    """The read-only folder the sandbox imports from, and the stub modules' binds."""
+    """The read-only folder the sandbox imports from, and the stub modules' binds.
+
+    It holds the grader's files that run in the student's process, as they are: the harness
+    and the observation side of the checks (``grading``, ``observe``, ``common``,
+    ``delegation``). The declarations and judges (``checks``, ``judge``), which hold the
+    references, are not there, and neither is ``course_lib``.
+    """
     import torch.optim
 
-    from course_lib import grading
-
-    package = Path(grading.__file__).parent
-    (target / "course_lib" / "grading").mkdir(parents=True)
-    (target / "course_lib" / "__init__.py").write_text(
-        '"""course_lib while grading: only the observation side of the checks."""\n'
-    )
-    (target / "course_lib" / "grading" / "__init__.py").write_text(SHIM)
-    for name in ("observe.py", "common.py", "delegation.py"):
-        if (package / name).exists():
-            shutil.copy2(package / name, target / "course_lib" / "grading" / name)
+    (target / "autograder").mkdir(parents=True)
+    for name in SANDBOX_MODULES:
+        shutil.copy2(HERE / name, target / "autograder" / name)
     shutil.copy2(HERE / "harness.py", target / "harness.py")
-    (target / "stubs").mkdir()
     optim = Path(torch.optim.__file__).resolve().parent
-    binds = {}
-    for module, cls, fn, what in (("adam", "Adam", "adam", "Adam"),
-                                  ("adamw", "AdamW", "adamw", "AdamW")):  # fmt: skip
-        stub = target / "stubs" / f"{module}.py"
-        stub.write_text(STUB.format(cls=cls, fn=fn, what=what))
-        binds[str(optim / f"{module}.py")] = stub
+    binds = {str(optim / f"{module}.py"): HERE / "stubs" / f"{module}.py" for module in STUBS}
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     target.chmod(0o755)
@@ -610,7 +554,7 @@ def grade_one(
     uid: int,
 ) -> tuple[Outcome, str]:
     """Grade one submission; returns the outcome and the feedback notebook (JSON text)."""
-    from course_lib import grading
+    from autograder import grading
 
     start = time.monotonic()
     root = settings.root
@@ -867,7 +811,7 @@ def _init_worker(uids: Any, settings: Settings, lib: str, binds: dict):
     import torch
 
     torch.set_num_threads(1)
-    from course_lib import grading  # noqa: F401 -- imported once, before the first task
+    from autograder import checks  # noqa: F401 -- imported once, before the first task
 
     feedback_html(_EMPTY_NOTEBOOK)  # loads nbconvert's template while the main process prepares
 

@@ -141,10 +141,10 @@ def main() -> None:
     run_path, lib_dir = sys.argv[1], sys.argv[2]
     channel = _Channel()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    # course_lib as the sandbox holds it (observation code only) comes first; the editable
+    # The grader's observation code as the sandbox holds it comes first; the editable
     # install's finder points at the course folder, which is not in the sandbox anyway.
     sys.path.insert(0, lib_dir)
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
     os.environ.setdefault("MPLBACKEND", "Agg")
     with open(run_path, encoding="utf-8") as handle:
         run = json.load(handle)
@@ -162,9 +162,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     _block_fused_adam()
-    from IPython.core.interactiveshell import InteractiveShell
-
     from course_lib.grading import observe as observe_module
+    from IPython.core.interactiveshell import InteractiveShell
 
     observe = observe_module.observe
     shell = InteractiveShell.instance()
@@ -211,7 +210,7 @@ def main() -> None:
                         entry["failed"] = f"NameError: name {name!r} is not defined"
                     else:
                         entry["obs"] = _jsonable(
-                            observe(request["check"], shell.user_ns[name], request["inputs"])
+                            observe(request["observer"], shell.user_ns[name], request["inputs"])
                         )
                 except BaseException as exc:
                     entry.pop("obs", None)

@@ -638,7 +638,7 @@ def test_a_warning_or_stderr_output_costs_nothing(capfd):
     import os
     import warnings
 
-    from course_lib import grading
+    from autograder import grading
 
     def noisy_warmup(step, *, peak_lr, warmup_steps):
         warnings.warn("a deprecation the student cannot help", DeprecationWarning, stacklevel=1)
@@ -663,7 +663,7 @@ def test_a_warning_or_stderr_output_costs_nothing(capfd):
 def test_fused_and_torch_ops_kernels_are_refused():
     import torch
 
-    from course_lib import grading
+    from autograder import grading
 
     def fused(param, grad, m, v, step, *, lr, beta1, beta2, eps, weight_decay):
         p, m, v = param.clone(), m.clone(), v.clone()
@@ -684,7 +684,7 @@ def test_fused_and_torch_ops_kernels_are_refused():
 def test_a_correct_update_passes_and_a_wrong_one_is_diagnosed():
     import torch
 
-    from course_lib import grading
+    from autograder import grading
 
     def update(param, grad, m, v, step, *, lr, beta1, beta2, eps, weight_decay):
         grad = grad + weight_decay * param

@@ -25,13 +25,13 @@ from typing import Any
 import nbformat
 import pytest
 
-from course_lib import grading
-from course_lib.grading import common, observe
+from autograder import common, grade, grading, observe
+from autograder.delegation import static_reasons_from_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ["adam", "adamw", "schedules", "checkpoints"]
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
-GRADING = ROOT / "course_lib" / "grading"
+GRADER = ROOT / "autograder"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,20 +97,8 @@ def refs(assignment: str, sources: list[str] | None = None) -> dict[str, grading
 
 
 def plan(assignment: str) -> dict[str, list[dict[str, Any]]]:
-    """Each test cell's requests, from its source run in plan mode on AnswerRefs."""
-    namespace: dict[str, Any] = {}
-    placeholders = refs(assignment)
-    planned = {}
-    for cell in cells(assignment):
-        if cell.role == "setup":
-            run_quietly(cell.source, namespace)
-        elif cell.role == "solution":
-            namespace.update({n: placeholders[n] for n in defined_names(cell.source)})
-        else:
-            with grading.planning() as requests:
-                run_quietly(cell.source, namespace)
-            planned[cell.grade_id] = requests
-    return planned
+    """Each test cell's requests, as the grader plans them (``grade.load_assignment``)."""
+    return grade.load_assignment(ROOT, assignment).plans
 
 
 def answers(assignment: str, edits: dict[str, str] | None = None) -> dict[str, Any]:
@@ -129,7 +117,7 @@ def observations(requests: list[dict[str, Any]], namespace: dict[str, Any]) -> l
     """What the sandbox sends back, through JSON."""
     entries = []
     for request in requests:
-        obs = observe.observe(request["check"], namespace[request["answer"]], request["inputs"])
+        obs = observe.observe(request["observer"], namespace[request["answer"]], request["inputs"])
         entries.append(
             json.loads(
                 json.dumps({"check": request["check"], "inputs": request["inputs"], "obs": obs})
@@ -141,21 +129,23 @@ def observations(requests: list[dict[str, Any]], namespace: dict[str, Any]) -> l
 def judge_cell(
     assignment: str, grade_id: str, entries: list[dict[str, Any]], sources: list[str] | None = None
 ) -> str | None:
-    """Run the test cell in judge mode, after the setup cells; its failure message or None."""
-    namespace: dict[str, Any] = {}
-    placeholders = refs(assignment, sources)
-    for cell in cells(assignment):
-        if cell.role == "setup":
-            run_quietly(cell.source, namespace)
-        elif cell.role == "solution":
-            namespace.update({n: placeholders[n] for n in defined_names(cell.source)})
-        elif cell.grade_id == grade_id:
-            try:
-                with grading.judging(entries):
-                    run_quietly(cell.source, namespace)
-            except AssertionError as error:
-                return str(error)
-            return None
+    """Run the test cell in judge mode as the grader does (``grade.host_tests``: the locked
+    cells before it run, the answers are placeholders); its failure message or None."""
+    loaded = grade.load_assignment(ROOT, assignment)
+    walk = grade.host_tests(
+        assignment, loaded.cells, loaded.answers, lambda n: grading.AnswerRef(n, sources or [])
+    )
+    for _, cell, namespace in walk:
+        if cell.grade_id != grade_id:
+            with grading.planning():  # keeps the namespace as the notebook builds it
+                run_quietly(cell.source, namespace)
+            continue
+        try:
+            with grading.judging(entries):
+                run_quietly(cell.source, namespace)
+        except AssertionError as error:
+            return str(error)
+        return None
     raise KeyError(grade_id)
 
 
@@ -200,8 +190,8 @@ def test_every_test_cell_plans_plain_requests(plans, assignment):
     for grade_id, requests in planned.items():
         assert requests, f"{assignment}/{grade_id} planned no observation"
         for request in requests:
-            assert set(request) == {"check", "answer", "inputs"}
-            assert request["check"] in observe.OBSERVERS
+            assert set(request) == {"check", "observer", "answer", "inputs"}
+            assert request["observer"] in observe._observers()
             assert request["answer"] in answers_
             assert json.loads(json.dumps(request["inputs"], allow_nan=False)) == request["inputs"]
 
@@ -365,26 +355,26 @@ def test_a_delegating_answer_is_refused_from_its_source(plans):
 
 def test_static_reasons_from_sources():
     clean = answer(next(c.source for c in cells("adamw") if c.grade_id == "adamw"))
-    assert grading.static_reasons_from_sources("AdamW", [clean], "optimizer") == []
+    assert static_reasons_from_sources("AdamW", [clean], "optimizer") == []
     subclass = "class AdamW(torch.optim.AdamW):\n    pass\n"
-    reasons = grading.static_reasons_from_sources(
+    reasons = static_reasons_from_sources(
         "AdamW", ["%matplotlib inline\nimport torch", "def broken(:\n", subclass], "optimizer"
     )
     assert reasons and "torch.optim.AdamW" in reasons[0], reasons
     # The last definition is the one that runs; a helper elsewhere is not the answer.
-    assert grading.static_reasons_from_sources("AdamW", [subclass, clean], "optimizer") == []
+    assert static_reasons_from_sources("AdamW", [subclass, clean], "optimizer") == []
     method = (
         "def adam_update(p, g, m, v, step, **k):\n"
         "    from torch.optim import adam\n"
         "    return adam\n"
     )
-    reasons = grading.static_reasons_from_sources("adam_update", [method], "optimizer")
+    reasons = static_reasons_from_sources("adam_update", [method], "optimizer")
     assert reasons == [
         "imports from torch.optim (adam_update, line 2: `from torch.optim import adam`)"
     ]
     schedule = "def linear_warmup(step, **k):\n    return torch.optim.lr_scheduler.LambdaLR\n"
-    assert grading.static_reasons_from_sources("linear_warmup", [schedule], "schedule")
-    assert grading.static_reasons_from_sources("missing", [schedule], "schedule") == []
+    assert static_reasons_from_sources("linear_warmup", [schedule], "schedule")
+    assert static_reasons_from_sources("missing", [schedule], "schedule") == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -546,6 +536,7 @@ def test_modes_are_restored_and_plan_mode_needs_placeholders():
     assert requests == [
         {
             "check": "values",
+            "observer": "calls",
             "answer": "f",
             "inputs": {"name": "f", "kind": "course_lib", "calls": [[[1], {"betas": [0.9, 0.99]}]]},
         }
@@ -557,76 +548,80 @@ def test_modes_are_restored_and_plan_mode_needs_placeholders():
 # ---------------------------------------------------------------------------------------
 
 
-SANDBOX_FILES = ("observe.py", "common.py", "delegation.py")
-
-
-@pytest.mark.parametrize("name", SANDBOX_FILES)
+@pytest.mark.parametrize("name", grade.SANDBOX_MODULES)
 def test_sandbox_modules_import_no_reference(name):
-    tree = ast.parse((GRADING / name).read_text())
-    allowed_course = {"course_lib.grading.common", "course_lib.grading.delegation"}
-    for node in ast.walk(tree):
+    """What the sandbox holds of the grader imports, at module level, only itself: the
+    declarations and judges (``checks``, ``judge``) hold the references and stay outside."""
+    tree = ast.parse((GRADER / name).read_text())
+    allowed = {"autograder.common", "autograder.delegation", "autograder.observe"}
+    for node in tree.body:
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
             assert node.level == 0, f"{name}: relative import"
-            assert not module.startswith("course_lib") or module in allowed_course, module
-            assert "judge" not in module and "optim" not in module, module
+            assert not module.startswith(("autograder", "course_lib")) or module in allowed, module
+            assert "optim" not in module, module
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                assert not alias.name.startswith(("course_lib", "torch.optim")), alias.name
-        elif isinstance(node, ast.Attribute):
+                assert not alias.name.startswith(("autograder", "course_lib", "torch.optim"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
             assert node.attr not in {"Adam", "AdamW", "adam", "adamw", "reference_update"}, (
                 f"{name} line {node.lineno}: {ast.unparse(node)}"
             )
         elif isinstance(node, ast.Name):
-            assert node.id not in {"reference_update", "trajectory", "judge"}, node.id
+            assert node.id not in {"reference_update", "trajectory"}, node.id
 
 
 def test_observe_runs_without_the_judge_and_without_torchs_adam(tmp_path):
-    """As in the sandbox: the package holds only the three observation modules (the judge
-    cannot be imported) and torch.optim.Adam/AdamW raise. The solutions still observe
-    cleanly, every check of the AdamW notebook included."""
+    """As in the sandbox: the grader's folder is what ``grade.build_sandbox_lib`` makes (the
+    declarations and judges cannot be imported) and torch.optim.Adam/AdamW raise. The
+    solutions still observe cleanly, every check of the AdamW notebook included."""
     solution = answer(next(c.source for c in cells("adamw") if c.grade_id == "adamw"))
     update = answer(next(c.source for c in cells("adam") if c.grade_id == "adam_update"))
     requests = plan("adamw")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    grade.build_sandbox_lib(lib)
     script = textwrap.dedent(
         f"""
-        import importlib.abc, json, sys, types
+        import json, sys
+        sys.path.insert(0, {str(lib)!r})
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+        # The course's folder is not in the sandbox (only its .venv).
+        root, venv = {str(ROOT)!r}, {str(Path(sys.prefix).absolute())!r}
+        sys.path[:] = [p for p in sys.path if not p.startswith(root) or p.startswith(venv)]
+        sys.path.insert(0, {str(lib)!r})
         import torch
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name in ("course_lib.grading.judge", "course_lib.grading.__init__"):
-                    raise ImportError("blocked: " + name)
-                return None
-
-        sys.meta_path.insert(0, Block())
 
         class Stub:
             def __init__(self, *args, **kwargs):
                 raise RuntimeError("the reference is not available in the sandbox")
 
         torch.optim.Adam = torch.optim.AdamW = Stub
-        import course_lib
-        package = types.ModuleType("course_lib.grading")
-        package.__path__ = [{str(GRADING)!r}]
-        sys.modules["course_lib.grading"] = package
-        from course_lib.grading import observe
-        assert "course_lib.grading.judge" not in sys.modules
+        from autograder import grading, observe
+        for name in ("autograder.checks", "autograder.judge", "course_lib"):
+            try:
+                __import__(name)
+            except ImportError:
+                continue
+            raise AssertionError(name + " can be imported")
+        assert grading.default_device().type == "cpu"
 
         namespace = {{"torch": torch}}
         exec({solution!r}, namespace)
         exec({update!r}, namespace)
         out = []
         for request in json.loads({json.dumps([r for rs in requests.values() for r in rs])!r}):
-            out.append(observe.observe(request["check"], namespace["AdamW"], request["inputs"]))
+            out.append(observe.observe(request["observer"], namespace["AdamW"], request["inputs"]))
         inputs = {{"device": "cpu", "seed": None}}
         out.append(observe.observe("adam_first_steps", namespace["adam_update"], inputs))
         print(json.dumps([o.get("stop") for o in out]))
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
-    )
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+        timeout=300, env={"COURSE_DEVICE": "cpu", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     stops = json.loads(done.stdout.strip().splitlines()[-1])
     assert stops and all(stop is None for stop in stops), stops

@@ -1,463 +1,141 @@
-"""The judging halves of the checks: references, known mistakes, comparisons, messages.
+"""The checks the exercises' test cells call, each declared once, with how it is judged.
 
-A judge runs in the trusted process (the grader's, or the notebook's own in inline mode). It
-gets the check's trusted arguments (seeds, steps, and the references, expected values,
-hints and mistake models that hidden tests pass) and an *observation*, the plain data that
-:func:`course_lib.grading.observe.observe` recorded in the student's process. It regenerates
-the same inputs, computes the reference (``torch.optim.Adam``/``AdamW``,
-:func:`reference_update`, the hidden tests' functions) and raises :class:`GradingError` with
-the step, parameter, element, expected and got values, tolerance and likely mistake.
+A declaration is a judge function under :func:`check`: its signature, after the observation,
+is the check's signature in the test cells (``grading.check_<name>(answer, ...)``); the
+decorator names the observer in :mod:`autograder.observe` that records what the answer does
+in the student's process (the sandbox), the answer's name for messages, the delegation rules
+(``kind``), and which arguments travel to the sandbox as plain data (``inputs``). Everything
+else is derived: the function test cells call, the request the grader plans, the check that a
+recorded observation is of this check and these inputs.
 
-The observation is untrusted: every field is validated, and anything that is not what the
-check records raises ``GradingError("... malformed ...")``, never another exception.
+A judge runs in the trusted process (the grader's, or the notebook's own in inline mode): it
+regenerates the check's inputs, computes the reference (``torch.optim.Adam``/``AdamW``, the
+functions, expected values, hints and mistake models the hidden tests pass) and raises
+:class:`GradingError` naming the step, parameter, element, expected and got values, the
+tolerance and the likely mistake. The observation is untrusted: a field of the wrong type
+or length fails the check as *malformed*, never crashes the judge.
+
+This module never enters the sandbox: it holds the references.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from course_lib.grading.common import (
+from autograder import grading
+from autograder.common import (
     DTYPE_NAMES,
+    FLOAT_RTOL,
     MAX_ITEMS,
     RTOL,
     GradingError,
     close,
     decode_tensor,
+    device_name,
     malformed,
     number_from,
-    recorded_float,
     text,
 )
-from course_lib.grading.delegation import refusal
-from course_lib.grading.observe import (
-    Probe,
+from autograder.delegation import refusal
+from autograder.judge import (
+    ADAM_MISTAKES,
+    ADAMW_MISTAKES,
+    _bad_update_result,
+    _device_text,
+    _field,
+    _float,
+    _int,
+    _list,
+    _texts,
+    _trajectory_of,
+    check_tensor_desc,
+    describe_mismatch,
+    diagnose,
+    end_of,
+    first_mismatch,
+    first_nonfinite_hint,
+    format_call,
+    hint,
+    raise_stop,
+    refuse_delegation,
+    tolerance,
+    torch_effective_steps,
+    trajectory,
+)
+from autograder.observe import (
     adam_probes,
     adam_torch_cases,
     adamw_probes,
     adamw_torch_cases,
     closure_problem,
     constructor_cases,
+    dtype_of,
 )
 
-# --------------------------------------------------------------------------------------
-# Comparing tensors and numbers, with messages a student can act on.
-# --------------------------------------------------------------------------------------
+#: What ``grading`` exposes: ``check_<name>`` for every declaration, and the references that
+#: hidden tests use.
+API: dict[str, Any] = {}
 
 
-def tolerance(dtype: torch.dtype) -> float:
-    if dtype not in RTOL:
-        raise ValueError(f"No tolerance for {dtype}: the checks use float32 and float64")
-    return RTOL[dtype]
+@dataclass(frozen=True)
+class Check:
+    """One check: see the module's docstring. Calling it runs it in the current mode."""
 
+    name: str
+    observer: str
+    answer: str | None  # the answer's name in messages; None: the call's `name` argument
+    kind: str | None  # delegation rules; "argument": the call's `kind`; None: a plain value
+    inputs: tuple[str, ...] | Callable[[dict[str, Any]], dict[str, Any]]
+    judge: Callable[..., None]
 
-def first_mismatch(got: Tensor, expected: Tensor, rtol: float) -> tuple[int, ...] | None:
-    """Index of the worst element outside ``rtol * max(|expected|, 1)``; None when all fit."""
-    got64 = got.detach().to("cpu", torch.float64)
-    exp64 = expected.detach().to("cpu", torch.float64)
-    if got64.shape != exp64.shape:
-        raise GradingError(f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected")
-    error = (got64 - exp64).abs() / exp64.abs().clamp_min(1.0)
-    error = torch.where(torch.isnan(error), torch.full_like(error, math.inf), error)
-    if error.numel() == 0 or error.max().item() <= rtol:
-        return None
-    flat = int(error.argmax().item())
-    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), error.shape))
-
-
-def describe_mismatch(got: Tensor, expected: Tensor, index: tuple[int, ...], rtol: float) -> str:
-    g = got.detach()[index].item() if index else got.detach().item()
-    e = expected.detach()[index].item() if index else expected.detach().item()
-    at = f"element {index}" if index else "value"
-    return (
-        f"{at}: expected {e:.10g}, got {g:.10g} (difference {abs(g - e):.3g}; allowed "
-        f"{rtol:.0e} x max(|expected|, 1) for {DTYPE_NAMES.get(got.dtype, got.dtype)})"
-    )
-
-
-def format_call(name: str, kwargs: dict[str, Any], positional: Sequence[Any] = ()) -> str:
-    args = [repr(a) for a in positional] + [f"{k}={v!r}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(args)})"
-
-
-# --------------------------------------------------------------------------------------
-# Adam's update and the mistakes students make, for diagnosis.
-# --------------------------------------------------------------------------------------
-
-MISTAKES: dict[str, str] = {
-    "no_bias_correction": (
-        "your result matches Adam without bias correction: after {t} steps the bias correction "
-        "of m should be 1 - {b1}**{t} = {bc1:.5g} (and of v 1 - {b2}**{t} = {bc2:.5g}); yours "
-        "is 1.0. Divide m by 1 - beta1**step and v by 1 - beta2**step."
-    ),
-    "step_plus_one": (
-        "your result matches a bias correction one step ahead: after {t} steps it should be "
-        "1 - {b1}**{t} = {bc1:.5g}; yours is 1 - {b1}**{t1} = {bc1_next:.5g}. Is `step` "
-        "incremented before it is used (or counted from 1 and incremented again)? step is the "
-        "number of this update: 1 for the first."
-    ),
-    "eps_inside_sqrt": (
-        "your result matches eps inside the square root: the update is "
-        "m_hat / (sqrt(v_hat) + eps), with eps added after the square root."
-    ),
-    "eps_before_bias_correction": (
-        "your result matches eps added before the bias correction of v: the denominator is "
-        "sqrt(v / (1 - beta2**step)) + eps, eps added last."
-    ),
-    "betas_swapped": (
-        "your moving averages put the weights the wrong way round: m = beta1 * m + "
-        "(1 - beta1) * grad, and v = beta2 * v + (1 - beta2) * grad**2."
-    ),
-    "v_not_squared": "your v averages |grad| instead of grad**2.",
-    "no_sqrt": "your update divides by v_hat instead of sqrt(v_hat).",
-    "no_weight_decay": (
-        "your result matches weight_decay being ignored: Adam adds weight_decay * param to "
-        "the gradient before the moving averages."
-    ),
-    "decoupled_in_adam": (
-        "your weight decay is decoupled (AdamW's): this is Adam, whose weight_decay adds "
-        "weight_decay * param to the gradient before the moving averages (as torch.optim.Adam)."
-    ),
-    "coupled": (
-        "your result matches weight decay added to the gradient (Adam's L2 penalty, "
-        "grad + weight_decay * param). AdamW decouples it: first param *= 1 - lr * "
-        "weight_decay, then the Adam step with the plain gradient."
-    ),
-    "decay_without_lr": (
-        "your weight decay is not scaled by the learning rate: torch.optim.AdamW multiplies "
-        "the weights by 1 - lr * weight_decay, not 1 - weight_decay."
-    ),
-    "decay_after_update": (
-        "your weight decay is applied after the Adam step; torch.optim.AdamW shrinks the "
-        "weights first (param *= 1 - lr * weight_decay), then subtracts the Adam update."
-    ),
-    "lr_cached": (
-        "after the learning rate was changed in param_groups (before step {t}), your optimizer "
-        "kept the old one: read group['lr'] inside step(), every step (schedulers change it)."
-    ),
-}
-
-
-def reference_update(
-    param: Tensor,
-    grad: Tensor,
-    m: Tensor,
-    v: Tensor,
-    t: int,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
-    mistake: str | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One Adam/AdamW update as new float64 tensors, optionally with one known mistake."""
-    p, g = param.double(), grad.double()
-    m, v = m.double(), v.double()
-    if mistake == "step_plus_one":
-        t = t + 1
-    decay_first = decay_after = False
-    if weight_decay:
-        if decoupled:
-            if mistake == "coupled":
-                g = g + weight_decay * p
-            elif mistake == "decay_without_lr":
-                p = p * (1 - weight_decay)
-            elif mistake == "decay_after_update":
-                decay_after = True
-            elif mistake != "no_weight_decay":
-                decay_first = True
-        elif mistake == "decoupled_in_adam":
-            decay_first = True
-        elif mistake != "no_weight_decay":
-            g = g + weight_decay * p
-    if decay_first:
-        p = p * (1 - lr * weight_decay)
-    if mistake == "betas_swapped":
-        m = beta1 * g + (1 - beta1) * m
-        v = beta2 * g * g + (1 - beta2) * v
-    else:
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * (g.abs() if mistake == "v_not_squared" else g * g)
-    bc1, bc2 = 1 - beta1**t, 1 - beta2**t
-    if mistake == "no_bias_correction":
-        bc1 = bc2 = 1.0
-    if mistake == "eps_inside_sqrt":
-        denom = (v / bc2 + eps).sqrt()
-    elif mistake == "eps_before_bias_correction":
-        denom = (v.sqrt() + eps) / math.sqrt(bc2)
-    elif mistake == "no_sqrt":
-        denom = v / bc2 + eps
-    else:
-        denom = (v / bc2).sqrt() + eps
-    p = p - lr * (m / bc1) / denom
-    if decay_after:
-        p = p * (1 - lr * weight_decay)
-    return p, m, v
-
-
-def hint(mistake: str, t: int, beta1: float, beta2: float) -> str:
-    return (
-        MISTAKES[mistake]
-        .replace("{t} steps", "{t} step" + ("s" if t != 1 else ""))
-        .format(
-            t=t,
-            t1=t + 1,
-            b1=beta1,
-            b2=beta2,
-            bc1=1 - beta1**t,
-            bc2=1 - beta2**t,
-            bc1_next=1 - beta1 ** (t + 1),
-        )
-    )
-
-
-ADAM_MISTAKES = (
-    "no_bias_correction",
-    "step_plus_one",
-    "eps_inside_sqrt",
-    "eps_before_bias_correction",
-    "betas_swapped",
-    "v_not_squared",
-    "no_sqrt",
-)
-
-
-ADAMW_MISTAKES = (
-    "coupled",
-    "decay_without_lr",
-    "decay_after_update",
-    "lr_cached",
-    *ADAM_MISTAKES,
-)
-
-
-def trajectory(
-    probe: Probe, decoupled: bool, mistake: str | None = None
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(param, m, v) after every update of ``probe``, in float64, optionally with a mistake."""
-    p = torch.tensor(probe.start, dtype=torch.float64)
-    m, v = torch.zeros_like(p), torch.zeros_like(p)
-    out = []
-    for t in range(1, probe.steps + 1):
-        lr = probe.lr if mistake == "lr_cached" else probe.lr_at(t)
-        g = torch.tensor(probe.gradient(t), dtype=torch.float64)
-        p, m, v = reference_update(
-            p, g, m, v, t, lr=lr, beta1=probe.beta1, beta2=probe.beta2, eps=probe.eps,
-            weight_decay=probe.weight_decay, decoupled=decoupled,
-            mistake=None if mistake == "lr_cached" else mistake,
+    def __call__(self, answer: Any, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(self.judge).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(arguments)))  # the observation
+        if "device" in arguments:
+            arguments["device"] = device_name(arguments["device"])
+        if "dtypes" in arguments:
+            arguments["dtypes"] = [DTYPE_NAMES[dtype_of(d)] for d in arguments["dtypes"]]
+        if callable(self.inputs):
+            inputs = self.inputs(arguments)
+        else:
+            inputs = {key: arguments[key] for key in self.inputs}
+        kind = arguments.get("kind") if self.kind == "argument" else self.kind
+        grading.run_check(
+            self.name, self.observer, answer, inputs,
+            lambda obs: self.judge(obs, **arguments),
+            name=self.answer or arguments["name"], kind=kind,
         )  # fmt: skip
-        out.append((p, m, v))
-    return out
 
 
-def diagnose(
-    got: list[Tensor], probe: Probe, decoupled: bool, candidates: Iterable[str]
-) -> str | None:
-    """The name of the known mistake whose parameter trajectory matches ``got``, if one does."""
-    for mistake in candidates:
-        expected = [p for p, _, _ in trajectory(probe, decoupled, mistake)]
-        if len(expected) >= len(got) and all(
-            first_mismatch(g, e, 1e-7) is None for g, e in zip(got, expected, strict=False)
-        ):
-            return mistake
-    return None
-
-
-def first_nonfinite_hint(t: int) -> str:
-    if t == 1:
-        return (
-            " The first update is not finite: if the bias correction is 1 - beta**(step - 1), "
-            "it is 0 at the first update. step is the number of this update, 1 for the first: "
-            "is `step` used before it is incremented?"
-        )
-    return " A value became inf or NaN: check for a division by a quantity that can be 0."
-
-
-def torch_effective_steps(
-    grads: Sequence[float], *, lr: float, betas: tuple[float, float], eps: float
-) -> Tensor:
-    """|update_t| / lr of ``torch.optim.Adam`` on one float64 scalar fed ``grads`` in order."""
-    p = torch.zeros((), dtype=torch.float64, requires_grad=False)
-    opt = torch.optim.Adam([p], lr=lr, betas=tuple(betas), eps=eps, foreach=False)
-    out = []
-    for g in grads:
-        before = p.clone()
-        p.grad = torch.tensor(float(g), dtype=torch.float64)
-        opt.step()
-        out.append((p - before).abs().item() / lr)
-    return torch.tensor(out, dtype=torch.float64)
-
-
-# --------------------------------------------------------------------------------------
-# Reading an observation: every field checked.
-# --------------------------------------------------------------------------------------
-
-
-def _field(obs: Any, key: str, kind: type | tuple[type, ...], what: str | None = None) -> Any:
-    if not isinstance(obs, dict) or key not in obs:
-        raise malformed(f"{what or key} is missing")
-    value = obs[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
-        raise malformed(f"{what or key} has the wrong type")
-    return value
-
-
-def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _list(obs: Any, key: str, max_len: int, what: str | None = None) -> list[Any]:
-    value = _field(obs, key, list, what)
-    if len(value) > max_len:
-        raise malformed(f"{what or key} has {len(value)} entries, more than the {max_len} made")
-    return value
-
-
-def _int(obs: Any, key: str, what: str | None = None) -> int:
-    return _field(obs, key, int, what)
-
-
-_float = recorded_float
-
-
-def _texts(value: Any, what: str) -> list[str]:
-    if not isinstance(value, list) or len(value) > MAX_ITEMS:
-        raise malformed(f"{what} is not a short list")
-    return [text(x) for x in value]
-
-
-def notes_of(obs: Any) -> list[str]:
-    """The warnings and stderr output the observation recorded (for the note printed)."""
-    if not isinstance(obs, dict) or "notes" not in obs:
-        return []
-    try:
-        return [text(x, 300) for x in _texts(obs["notes"], "notes")][:5]
-    except GradingError:
-        return []
-
-
-def refuse_delegation(obs: Any, name: str) -> None:
-    """Refuse the answer when its MRO or source named the reference (seen in the sandbox)."""
-    reasons = _texts(_field(obs, "delegation", list), "delegation")
-    if reasons:
-        raise refusal(name, reasons)
-
-
-def raise_stop(
-    obs: Any,
-    name: str,
+def check(
+    observer: str,
     *,
-    calls: dict[str, str] | None = None,
-    handlers: dict[str, Callable[[dict[str, Any]], None]] | None = None,
-) -> None:
-    """Raise the error for why the observation ended where it did (an exception, a refused
-    call, an unusable result). Called where the recorded data end."""
-    stop = obs.get("stop") if isinstance(obs, dict) else None
-    if stop is None:
-        raise malformed("the recorded data end early without a reason")
-    if not isinstance(stop, dict):
-        raise malformed("the reason it stopped is not a record")
-    kind, call = stop.get("kind"), stop.get("call", "call")
-    if not isinstance(kind, str) or not isinstance(call, str):
-        raise malformed("the reason it stopped is not described")
-    calls = calls or {"call": name}
-    if kind == "refused":
-        hits = _texts(stop.get("hits"), "hits")
-        raise refusal(name, [f"running it called {hit}" for hit in dict.fromkeys(hits)])
-    if kind == "raised":
-        if call not in calls:
-            raise malformed("the call that raised is unknown")
-        raise GradingError(f"{calls[call]} raised {text(stop.get('error'))}")
-    if kind == "crash":
-        raise GradingError(
-            f"{name}: looking at its results raised {text(stop.get('error'))}; return plain "
-            "tensors, numbers and containers"
-        )
-    if handlers and kind in handlers:
-        handlers[kind](stop)
-    raise malformed(f"it stopped for an unknown reason {text(kind, 40)!r}")
+    inputs: tuple[str, ...] | Callable[[dict[str, Any]], dict[str, Any]],
+    answer: str | None = None,
+    kind: str | None = None,
+) -> Callable[[Callable[..., None]], Check]:
+    """Declare a check: the judge function below it, and how its answer is observed."""
+
+    def declare(judge: Callable[..., None]) -> Check:
+        name = judge.__name__.rstrip("_")
+        declared = Check(name, observer, answer, kind, inputs, judge)
+        API[f"check_{name}"] = declared
+        return declared
+
+    return declare
 
 
-def end_of(obs: Any, name: str, **kwargs: Any) -> None:
-    """Every recorded result passed: a recorded stop still fails the check."""
-    if isinstance(obs, dict) and obs.get("stop") is not None:
-        raise_stop(obs, name, **kwargs)
-
-
-def _device_text(device: torch.device) -> str:
-    """How a tensor on ``device`` reports its device (``cuda`` becomes ``cuda:0``)."""
-    if device.type == "cpu":
-        return "cpu"
-    try:
-        return str(torch.empty(0, device=device).device)
-    except (RuntimeError, AssertionError):
-        return f"{device.type}:{device.index or 0}"
-
-
-def check_tensor_desc(
-    desc: Any, shape: tuple[int, ...], dtype: torch.dtype, device: str, what: str
-) -> None:
-    """The messages of a result that is not a tensor like the parameter."""
-    if not isinstance(desc, dict):
-        raise malformed(f"the description of {what} is not a record")
-    if desc.get("is_tensor") is not True:
-        raise GradingError(f"{what} should be a torch.Tensor, got {text(desc.get('type'), 200)}")
-    got_shape = desc.get("shape")
-    if not isinstance(got_shape, list) or len(got_shape) > 16:
-        raise malformed(f"the shape of {what} is not a list")
-    if tuple(got_shape) != tuple(shape):
-        raise GradingError(
-            f"{what} has shape {tuple(got_shape)}; expected {tuple(shape)}"[: 2 * MAX_ITEMS]
-        )
-    if text(desc.get("dtype"), 100) != str(dtype):
-        raise GradingError(
-            f"{what} has dtype {text(desc.get('dtype'), 100)}; expected {dtype}, the dtype of "
-            "the parameter"
-        )
-    if text(desc.get("device"), 100) != device:
-        raise GradingError(
-            f"{what} is on {text(desc.get('device'), 100)}; expected {device}, the parameter's "
-            "device"
-        )
-
-
-def _bad_update_result(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> Callable:
-    def handler(stop: dict[str, Any]) -> None:
-        length = stop.get("length")
-        if length != 3:
-            raise GradingError(
-                "adam_update should return the tuple (param, m, v) of new tensors; got "
-                f"{text(stop.get('type'), 200)}"
-                + (f" of length {length}" if isinstance(length, int) else "")
-            )
-        items = stop.get("items")
-        if not isinstance(items, list) or len(items) != 3:
-            raise malformed("the results of adam_update are not described")
-        names = ("the returned param", "the returned m", "the returned v")
-        for desc, what in zip(items, names, strict=True):
-            check_tensor_desc(desc, shape, dtype, device, what)
-        raise malformed("a result recorded as unusable is a tensor like the parameter")
-
-    return handler
-
-
-def _trajectory_of(
-    value: Any, what: str, shape: tuple[int, ...], dtype: torch.dtype, steps: int
-) -> Tensor:
-    """A recorded ``[steps done, *shape]`` stack of a parameter's values after every step."""
-    stacked = decode_tensor(value, what, dtype=dtype)
-    if tuple(stacked.shape[1:]) != tuple(shape) or stacked.dim() != len(shape) + 1:
-        raise malformed(f"{what} does not hold values of shape {tuple(shape)}")
-    if stacked.shape[0] > steps:
-        raise malformed(f"{what} holds more steps than were made")
-    return stacked
+def calls(cases: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """The calls of ``cases`` (positional args, keyword args, ...) as plain data."""
+    return [[list(case[0]), dict(case[1])] for case in cases]
 
 
 # --------------------------------------------------------------------------------------
@@ -465,7 +143,12 @@ def _trajectory_of(
 # --------------------------------------------------------------------------------------
 
 
-def judge_adam_first_steps(obs: Any, *, device: str, seed: int | None) -> None:
+@check("adam_first_steps", answer="adam_update", kind="optimizer", inputs=("device", "seed"))
+def adam_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) -> None:
+    """A few updates on a 3-element float64 parameter; diagnoses the usual mistakes.
+
+    ``seed=None`` uses the fixed probe the notebook describes; a seed draws new settings.
+    """
     name = "adam_update"
     refuse_delegation(obs, name)
     like_device = _device_text(torch.device(device))
@@ -518,9 +201,20 @@ def judge_adam_first_steps(obs: Any, *, device: str, seed: int | None) -> None:
     end_of(obs, name)
 
 
-def judge_adam_against_torch(
-    obs: Any, *, device: str, seed: int, cases: int, steps: int, dtypes: Sequence[Any]
+@check(
+    "adam_against_torch", answer="adam_update", kind="optimizer",
+    inputs=("device", "seed", "cases", "steps", "dtypes"),
+)  # fmt: skip
+def adam_against_torch(
+    obs: Any,
+    *,
+    device: Any = None,
+    seed: int = 0,
+    cases: int = 3,
+    steps: int = 100,
+    dtypes: Sequence[Any] = (torch.float64, torch.float32),
 ) -> None:
+    """Random shapes and hyperparameters, ``steps`` updates each, against ``torch.optim.Adam``."""
     name = "adam_update"
     refuse_delegation(obs, name)
     torch_device = torch.device(device)
@@ -559,15 +253,24 @@ def judge_adam_against_torch(
     end_of(obs, name)
 
 
-def judge_effective_steps(
+@check(
+    "effective_steps", answer="effective_steps", kind="optimizer",
+    inputs=lambda a: {
+        "sequences": [[float(g) for g in grads] for grads in a["sequences"]],
+        "lr": a["lr"], "betas": list(a["betas"]), "eps": a["eps"],
+    },
+)  # fmt: skip
+def effective_steps(
     obs: Any,
-    *,
     sequences: Sequence[Sequence[float]],
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-    rtol: float,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    rtol: float = 1e-6,
 ) -> None:
+    """``effective_steps(grads, lr=, beta1=, beta2=, eps=)`` against |update| / lr of torch's Adam."""
+    sequences = [[float(g) for g in grads] for grads in sequences]
     name = "effective_steps"
     refuse_delegation(obs, name)
     results = _list(obs, "results", len(sequences))
@@ -638,7 +341,9 @@ def check_class(obs: Any, name: str) -> None:
     refuse_delegation(obs, name)
 
 
-def judge_adamw_constructor(obs: Any, *, seed: int | None) -> None:
+@check("adamw_constructor", answer="AdamW", kind="optimizer", inputs=("seed",))
+def adamw_constructor(obs: Any, *, seed: int | None = None) -> None:
+    """Defaults like torch's, and ``ValueError`` for hyperparameters out of range."""
     name = "AdamW"
     check_class(obs, name)
     if "defaults" not in obs:
@@ -691,7 +396,9 @@ def judge_adamw_constructor(obs: Any, *, seed: int | None) -> None:
     end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
 
 
-def judge_adamw_first_steps(obs: Any, *, device: str, seed: int | None) -> None:
+@check("adamw_first_steps", answer="AdamW", kind="optimizer", inputs=("device", "seed"))
+def adamw_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) -> None:
+    """A 3-element float64 parameter over a few steps, with weight decay and an lr change."""
     name = "AdamW"
     check_class(obs, name)
     probes = adamw_probes(seed)
@@ -731,9 +438,21 @@ def judge_adamw_first_steps(obs: Any, *, device: str, seed: int | None) -> None:
     end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
 
 
-def judge_adamw_against_torch(
-    obs: Any, *, device: str, seed: int, cases: int, steps: int, dtypes: Sequence[Any]
+@check(
+    "adamw_against_torch", answer="AdamW", kind="optimizer",
+    inputs=("device", "seed", "cases", "steps", "dtypes"),
+)  # fmt: skip
+def adamw_against_torch(
+    obs: Any,
+    *,
+    device: Any = None,
+    seed: int = 0,
+    cases: int = 2,
+    steps: int = 100,
+    dtypes: Sequence[Any] = (torch.float64, torch.float32),
 ) -> None:
+    """Random shapes, hyperparameters and parameter groups, the learning rate changed mid-run,
+    some gradients ``None``: ``steps`` steps against ``torch.optim.AdamW``, after every step."""
     name = "AdamW"
     check_class(obs, name)
     torch_device = torch.device(device)
@@ -794,7 +513,9 @@ def judge_adamw_against_torch(
     end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
 
 
-def judge_adamw_state_and_closure(obs: Any, *, device: str, seed: int) -> None:
+@check("adamw_state_and_closure", answer="AdamW", kind="optimizer", inputs=("device", "seed"))
+def adamw_state_and_closure(obs: Any, *, device: Any = None, seed: int = 0) -> None:
+    """``step(closure)`` returns the closure's loss; ``state`` uses torch's keys and values."""
     name = "AdamW"
     check_class(obs, name)
     torch_device = torch.device(device)
@@ -885,14 +606,21 @@ def _result(obs: Any, results: list[Any], index: int, name: str) -> Any:
     return results[index]
 
 
-def judge_values(
+@check(
+    "calls",
+    kind="argument",
+    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"])},
+)
+def values(
     obs: Any,
-    *,
     name: str,
     cases: Sequence[tuple[Sequence[Any], dict[str, Any], float, str]],
-    rtol: float,
-    atol: float,
+    *,
+    kind: str = "course_lib",
+    rtol: float = FLOAT_RTOL,
+    atol: float = 0.0,
 ) -> None:
+    """``cases``: (positional args, keyword args, expected value, hint when wrong)."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs, expected, hint_) in enumerate(cases):
         got = number_from(_result(obs, results, index, name), f"{name}'s result")
@@ -904,16 +632,25 @@ def judge_values(
     end_of(obs, name)
 
 
-def judge_against_reference(
+@check(
+    "calls",
+    kind="argument",
+    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"])},
+)
+def against_reference(
     obs: Any,
-    *,
     reference: Callable,
     name: str,
     cases: Sequence[Case],
-    rtol: float,
-    atol: float,
-    mistakes: dict[str, Callable] | None,
+    *,
+    kind: str = "course_lib",
+    rtol: float = FLOAT_RTOL,
+    atol: float = 0.0,
+    mistakes: dict[str, Callable] | None = None,
 ) -> None:
+    """``function(*args, **kwargs)`` equals ``reference(...)`` on every case; when it does not,
+    name the first of ``mistakes`` (description -> function) that gives the same value.
+    Where the reference returns an ``int`` the answer must equal it exactly."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs) in enumerate(cases):
         expected = float(reference(*args, **kwargs))
@@ -935,9 +672,22 @@ def judge_against_reference(
     end_of(obs, name)
 
 
-def judge_predicate(
-    obs: Any, *, name: str, cases: Sequence[Case], predicate: Callable[[float], Any], message: str
+@check(
+    "calls",
+    kind="argument",
+    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"])},
+)
+def predicate(
+    obs: Any,
+    name: str,
+    cases: Sequence[Case],
+    predicate: Callable[[float], Any],
+    message: str,
+    *,
+    kind: str = "course_lib",
 ) -> None:
+    """``predicate(function(*args, **kwargs))`` holds on every case (a property, without the
+    answer): when it does not, ``"name(args) = got: message"``."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs) in enumerate(cases):
         got = number_from(_result(obs, results, index, name), f"{name}'s result")
@@ -973,16 +723,24 @@ def _dict_result(
     return values
 
 
-def judge_dict_values(
+@check(
+    "dict_calls", kind="argument",
+    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"]), "keys": list(a["keys"])},
+)  # fmt: skip
+def dict_values(
     obs: Any,
-    *,
     name: str,
     cases: Sequence[tuple[Sequence[Any], dict[str, Any], dict[str, float], str]],
+    *,
     keys: Sequence[str],
-    total: str | None,
-    rtol: float,
-    atol: float,
+    total: str | None = None,
+    kind: str = "course_lib",
+    rtol: float = FLOAT_RTOL,
+    atol: float = 0.0,
 ) -> None:
+    """A function that returns a dict of numbers: exactly ``keys``, ``total`` (when given) the
+    sum of the others, and the values of each case's ``expected`` dict (which may name only
+    some keys, or none). ``cases``: (positional args, keyword args, expected, hint)."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs, expected, hint_) in enumerate(cases):
         call = format_call(name, kwargs, args)
@@ -997,18 +755,26 @@ def judge_dict_values(
     end_of(obs, name)
 
 
-def judge_dict_against_reference(
+@check(
+    "dict_calls", kind="argument",
+    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"]), "keys": list(a["keys"])},
+)  # fmt: skip
+def dict_against_reference(
     obs: Any,
-    *,
     reference: Callable[..., dict[str, Any]],
     name: str,
     cases: Sequence[Case],
+    *,
     keys: Sequence[str],
-    rtol: float,
-    atol: float,
-    unit: str,
-    hints: Callable[..., str] | None,
+    kind: str = "course_lib",
+    rtol: float = FLOAT_RTOL,
+    atol: float = 0.0,
+    unit: str = "",
+    hints: Callable[..., str] | None = None,
 ) -> None:
+    """``function(*args, **kwargs)[key]`` equals ``reference(...)[key]`` for every key and
+    case (exactly, where the reference's value is an ``int``: byte counts); ``hints(key,
+    *args, **kwargs)`` says what to look at when one differs."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs) in enumerate(cases):
         want = reference(*args, **kwargs)
@@ -1044,9 +810,19 @@ def _value(obs: Any) -> dict[str, Any]:
     return _field(obs, "value", dict)
 
 
-def judge_number(
-    obs: Any, *, name: str, expected: float, rtol: float, atol: float, message: str | None
+@check("value", inputs=("name",))
+def number(
+    obs: Any,
+    name: str,
+    expected: float,
+    *,
+    rtol: float = FLOAT_RTOL,
+    atol: float = 0.0,
+    message: str | None = None,
 ) -> None:
+    """A number equal to ``expected``. ``message``, when given, is formatted with ``name``,
+    ``got`` (the answer's repr) and ``expected``."""
+    expected = float(expected)
     value = _value(obs)
     got = number_from(_field(value, "number", dict), name)
     if not close(got, expected, rtol, atol):
@@ -1059,7 +835,17 @@ def judge_number(
     end_of(obs, name)
 
 
-def judge_type(obs: Any, *, name: str, types: Sequence[type], description: str) -> None:
+@check("value", inputs=("name",))
+def type_(
+    obs: Any,
+    name: str,
+    types: type | tuple[type, ...] = float,
+    *,
+    description: str | None = None,
+) -> None:
+    """``isinstance(value, types)``; the message says ``name should be <description>``."""
+    types = types if isinstance(types, tuple) else (types,)
+    description = description or "a " + " or a ".join(t.__name__ for t in types)
     value = _value(obs)
     mro = _texts(_field(value, "mro", list), "mro")
     if not any(f"{t.__module__}.{t.__qualname__}" in mro for t in types):
@@ -1074,15 +860,18 @@ def _letters(value: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def judge_choice(
+@check("value", inputs=("name",))
+def choice(
     obs: Any,
-    *,
     name: str,
+    *,
     options: str,
-    count: int | None,
-    ordered: bool,
-    nonempty: bool,
+    count: int | None = None,
+    ordered: bool = False,
+    nonempty: bool = False,
 ) -> None:
+    """The answer's format: letters from ``options``; ``count`` of them when given, at least
+    one when ``nonempty``; a list or tuple when ``ordered``."""
     value = _value(obs)
     shown = text(value.get("repr"))
     container = value.get("container")
@@ -1110,14 +899,16 @@ def judge_choice(
     end_of(obs, name)
 
 
-def judge_answer_letters(
+@check("value", inputs=("name",))
+def answer_letters(
     obs: Any,
-    *,
     name: str,
     expected: Sequence[str],
+    *,
     ordered: bool,
     explanations: dict[str, str],
 ) -> None:
+    """Compare a choice with the key; explain each wrong or missing letter."""
     value = _value(obs)
     shown = text(value.get("repr"))
     if value.get("container") is None:
@@ -1140,3 +931,6 @@ def judge_answer_letters(
     if ordered and set(got) == set(want):
         lines.append("the order is not right: do first what tells you where the NaN comes from.")
     raise GradingError(f"{name} = {shown}: " + " ".join(lines))
+
+
+API["torch_effective_steps"] = torch_effective_steps  # a reference hidden tests use

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from course_lib.grading.common import (
+from autograder.common import (
     DTYPES_BY_NAME,
     MAX_ITEMS,
     captured,
@@ -36,7 +36,7 @@ from course_lib.grading.common import (
     short_repr,
     short_str,
 )
-from course_lib.grading.delegation import call_watched, delegation_reasons
+from autograder.delegation import call_watched, delegation_reasons
 
 # --------------------------------------------------------------------------------------
 # Deterministic inputs: the same in the sandbox and in the judge.
@@ -664,36 +664,26 @@ def observe_value(record: Recorder, value: Any, inputs: dict[str, Any]) -> None:
         ]
 
 
-OBSERVERS: dict[str, Callable[[Recorder, Any, dict[str, Any]], None]] = {
-    "adam_first_steps": observe_adam_first_steps,
-    "adam_against_torch": observe_adam_against_torch,
-    "effective_steps": observe_effective_steps,
-    "adamw_constructor": observe_adamw_constructor,
-    "adamw_first_steps": observe_adamw_first_steps,
-    "adamw_against_torch": observe_adamw_against_torch,
-    "adamw_state_and_closure": observe_adamw_state_and_closure,
-    "values": observe_calls,
-    "against_reference": observe_calls,
-    "predicate": observe_calls,
-    "dict_values": observe_dict_calls,
-    "dict_against_reference": observe_dict_calls,
-    "number": observe_value,
-    "type": observe_value,
-    "choice": observe_value,
-    "answer_letters": observe_value,
-}
+def _observers() -> dict[str, Callable[[Recorder, Any, dict[str, Any]], None]]:
+    """``observe_<name>`` functions of this module, by name: what a declaration names."""
+    return {
+        name.removeprefix("observe_"): function
+        for name, function in globals().items()
+        if name.startswith("observe_") and callable(function)
+    }
 
 
-def observe(check: str, answer: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run ``check``'s observation of ``answer`` on ``inputs``; plain JSON data.
+def observe(observer: str, answer: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run the observer ``observer`` on ``answer`` and ``inputs``; plain JSON data.
 
     Never raises for what the answer does (an exception, a wrong type, delegation): it is
     recorded under ``"stop"``. Warnings and stderr output while it runs are recorded under
-    ``"notes"``. Raises ``ValueError`` for an unknown check.
+    ``"notes"``. Raises ``ValueError`` for an unknown observer.
     """
-    observer = OBSERVERS.get(check)
-    if observer is None:
-        raise ValueError(f"Unknown check {check!r}: expected one of {', '.join(OBSERVERS)}")
+    observers = _observers()
+    if observer not in observers:
+        raise ValueError(f"Unknown observer {observer!r}: expected one of {', '.join(observers)}")
+    observer = observers[observer]
     record = Recorder()
     with captured() as notes:
         try:

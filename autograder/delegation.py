@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from course_lib.grading.common import GradingError, describe_exception
+from autograder.common import GradingError, describe_exception
 
 
 def _module_file(name: str) -> str | None:
@@ -70,10 +70,14 @@ class Forbidden:
 
 
 _GRADING = Path(__file__).resolve().parent
-_COURSE_LIB = str(_GRADING.parent)
-# The checks' own code that an answer calls back (a closure handed to step()) while it runs
-# under the watch: the observation side, which is all the sandbox holds of course_lib.
-_ALLOWED = frozenset(str(_GRADING / name) for name in ("observe.py", "common.py", "delegation.py"))
+# The references: the course's library, and the grader's own judges. The checks' own code
+# that an answer calls back (a closure handed to step()) while it runs under the watch is
+# allowed: the observation side, which is all the sandbox holds of the grader.
+_COURSE_LIB = _package_dir("course_lib") or str(_GRADING.parent / "course_lib")
+_REFERENCE_FOLDERS = frozenset({_COURSE_LIB, str(_GRADING)})
+_ALLOWED = frozenset(
+    str(_GRADING / name) for name in ("observe.py", "common.py", "delegation.py", "grading.py")
+)
 
 
 def _forbidden_optimizers() -> Forbidden:
@@ -83,7 +87,7 @@ def _forbidden_optimizers() -> Forbidden:
     }
     return Forbidden(
         files=frozenset(f for f in files if f),
-        folders=frozenset({_COURSE_LIB}),
+        folders=_REFERENCE_FOLDERS,
         allowed_files=_ALLOWED,
         kernel_fragments=("fused_adam",),
         identifiers=frozenset(
@@ -103,7 +107,13 @@ def _forbidden_optimizers() -> Forbidden:
                 "course_lib",
             }
         ),
-        modules=("course_lib", "torch.optim.adam", "torch.optim.adamw", "torch.optim._functional"),
+        modules=(
+            "course_lib",
+            "autograder",
+            "torch.optim.adam",
+            "torch.optim.adamw",
+            "torch.optim._functional",
+        ),
     )
 
 
@@ -114,19 +124,19 @@ def _forbidden_schedules() -> Forbidden:
         files.add(str(Path(transformers_dir) / "optimization.py"))
     return Forbidden(
         files=frozenset(f for f in files if f),
-        folders=frozenset({_COURSE_LIB}),
+        folders=_REFERENCE_FOLDERS,
         allowed_files=_ALLOWED,
         identifiers=frozenset({"course_lib", "lr_scheduler", "schedules", "optimization"}),
-        modules=("course_lib", "torch.optim.lr_scheduler", "transformers"),
+        modules=("course_lib", "autograder", "torch.optim.lr_scheduler", "transformers"),
     )
 
 
 def _forbidden_course_lib() -> Forbidden:
     return Forbidden(
-        folders=frozenset({_COURSE_LIB}),
+        folders=_REFERENCE_FOLDERS,
         allowed_files=_ALLOWED,
         identifiers=frozenset({"course_lib"}),
-        modules=("course_lib",),
+        modules=("course_lib", "autograder"),
     )
 
 
