@@ -10,7 +10,7 @@
 #   make exercises   regenerate exercises/ from solutions/ with nbgrader
 #   make bench       run the benchmarks (about 10 min); results go to benchmarks/results/*.json
 #   make grade ASSIGNMENT=adamw [WORKERS=4] [GRADE_ARGS="--force"]
-#                    grade autograder/submitted/*/ASSIGNMENT in the sandbox (autograder/grade.py)
+#                    grade autograder/submitted/*/ASSIGNMENT in the sandbox (course-grade)
 #   make formgrader  start Jupyter in autograder/ for nbgrader's formgrader (/formgrader)
 #   make clean       remove _build (keeps .venv)
 #
@@ -100,7 +100,7 @@ bench: $(STAMP)
 grade: export PATH := $(VENV_PATH)
 grade: setup
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<name> [WORKERS=N] [GRADE_ARGS=...]"; exit 2; }
-	$(PY) autograder/grade.py $(ASSIGNMENT) $(if $(WORKERS),--workers $(WORKERS)) $(GRADE_ARGS)
+	$(PY) -m autograder.grade $(ASSIGNMENT) $(if $(WORKERS),--workers $(WORKERS)) $(GRADE_ARGS)
 
 # nbgrader's formgrader is a Jupyter server extension: it lives at /formgrader of a Jupyter
 # server started in autograder/ (where nbgrader_config.py is). Root needs --allow-root.

@@ -162,7 +162,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     _block_fused_adam()
-    from course_lib.grading import observe as observe_module
+    from autograder import observe as observe_module
     from IPython.core.interactiveshell import InteractiveShell
 
     observe = observe_module.observe

@@ -33,8 +33,7 @@ from tqdm import tqdm
 from benchmarks.common import RESULTS, describe_machine, loadavg, summarise, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "autograder"))
-import make_exercises  # noqa: E402
+from autograder import make_exercises  # noqa: E402
 
 WRONG_STEP = ("p.mul_(1 - lr * weight_decay)", "p.mul_(1 - weight_decay)")
 
@@ -70,7 +69,7 @@ def make_class(course: Path, count: int) -> list[str]:
 
 
 def commands(course: Path) -> dict[str, list[str]]:
-    grade = [sys.executable, str(ROOT / "autograder" / "grade.py"), "adamw", "--root",
+    grade = [sys.executable, "-m", "autograder.grade", "adamw", "--root",
              str(course), "--force"]  # fmt: skip
     nbgrader = [str(Path(sys.executable).parent / "nbgrader"), "autograde", "adamw", "--force",
                 f"--CourseDirectory.root={course}"]  # fmt: skip

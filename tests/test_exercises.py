@@ -22,8 +22,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "autograder"))
-import make_exercises  # noqa: E402 -- autograder/ is a folder of scripts, not a package
+from autograder import make_exercises  # noqa: E402
 
 ASSIGNMENTS = ["adam", "adamw", "schedules", "checkpoints"]
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")

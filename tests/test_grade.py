@@ -29,10 +29,8 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "autograder"))
-import grade  # noqa: E402 -- autograder/ is a folder of scripts, not a package
-import make_exercises  # noqa: E402
-import sandbox  # noqa: E402
+from autograder import grade, make_exercises, sandbox  # noqa: E402
+from autograder.gradebook import MARKER_NAME  # noqa: E402
 
 BWRAP_OK, BWRAP_REASON = sandbox.bwrap_status()
 pytestmark = pytest.mark.skipif(not BWRAP_OK, reason=f"no bubblewrap sandbox: {BWRAP_REASON}")
@@ -348,7 +346,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 def _run_grader(root: Path, *args: str, env: dict | None = None, timeout: int = 1500):
     return subprocess.run(
-        [sys.executable, str(ROOT / "autograder" / "grade.py"), *args, "--root", str(root),
+        [sys.executable, "-m", "autograder.grade", *args, "--root", str(root),
          "--timeout", str(TIMEOUT), "--memory-mb", str(MEMORY_MB)],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
         check=False,
@@ -517,7 +515,7 @@ def test_killed_halfway_and_rerun_grades_everything_once(tmp_path):
         if i % 2:
             answer_cell(book).source = SGD
         nbformat.write(book, str(folder / "adamw.ipynb"))
-    command = [sys.executable, str(ROOT / "autograder" / "grade.py"), "adamw", "--root",
+    command = [sys.executable, "-m", "autograder.grade", "adamw", "--root",
                str(root), "--workers", "2"]  # fmt: skip
     # The progress bar (stderr) prints one line per submission once its gradebook row and
     # marker are written: kill the batch right after the second, and wait for every process
@@ -541,7 +539,7 @@ def test_killed_halfway_and_rerun_grades_everything_once(tmp_path):
         for fd in pidfds:
             os.close(fd)
     markers = root / "autograder" / "autograded"
-    done_before = len(list(markers.rglob(grade.MARKER_NAME)))
+    done_before = len(list(markers.rglob(MARKER_NAME)))
     assert 2 <= done_before < len(students)
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -588,12 +586,10 @@ def test_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):
 
 
 def test_help_and_bad_arguments():
-    script = str(ROOT / "autograder" / "grade.py")
-    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "autograder.grade"]
+    shown = subprocess.run([*command, "--help"], capture_output=True, text=True)
     assert (
         shown.returncode == 0 and "--workers" in shown.stdout and "--allow-unsafe" in shown.stdout
     )
-    bad = subprocess.run(
-        [sys.executable, script, "adamw", "--workers", "0"], capture_output=True, text=True
-    )
+    bad = subprocess.run([*command, "adamw", "--workers", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--workers must be positive" in bad.stderr

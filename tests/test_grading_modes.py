@@ -25,7 +25,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from autograder import common, grade, grading, observe
+from autograder import common, grading, observe, run
 from autograder.delegation import static_reasons_from_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,8 @@ def refs(assignment: str, sources: list[str] | None = None) -> dict[str, grading
 
 
 def plan(assignment: str) -> dict[str, list[dict[str, Any]]]:
-    """Each test cell's requests, as the grader plans them (``grade.load_assignment``)."""
-    return grade.load_assignment(ROOT, assignment).plans
+    """Each test cell's requests, as the grader plans them (``assignment.load_assignment``)."""
+    return assignment.load_assignment(ROOT, assignment).plans
 
 
 def answers(assignment: str, edits: dict[str, str] | None = None) -> dict[str, Any]:
@@ -129,10 +129,10 @@ def observations(requests: list[dict[str, Any]], namespace: dict[str, Any]) -> l
 def judge_cell(
     assignment: str, grade_id: str, entries: list[dict[str, Any]], sources: list[str] | None = None
 ) -> str | None:
-    """Run the test cell in judge mode as the grader does (``grade.host_tests``: the locked
+    """Run the test cell in judge mode as the grader does (``assignment.host_tests``: the locked
     cells before it run, the answers are placeholders); its failure message or None."""
-    loaded = grade.load_assignment(ROOT, assignment)
-    walk = grade.host_tests(
+    loaded = assignment.load_assignment(ROOT, assignment)
+    walk = assignment.host_tests(
         assignment, loaded.cells, loaded.answers, lambda n: grading.AnswerRef(n, sources or [])
     )
     for _, cell, namespace in walk:
@@ -548,7 +548,7 @@ def test_modes_are_restored_and_plan_mode_needs_placeholders():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", grade.SANDBOX_MODULES)
+@pytest.mark.parametrize("name", run.SANDBOX_MODULES)
 def test_sandbox_modules_import_no_reference(name):
     """What the sandbox holds of the grader imports, at module level, only itself: the
     declarations and judges (``checks``, ``judge``) hold the references and stay outside."""
@@ -573,15 +573,14 @@ def test_sandbox_modules_import_no_reference(name):
 
 
 def test_observe_runs_without_the_judge_and_without_torchs_adam(tmp_path):
-    """As in the sandbox: the grader's folder is what ``grade.build_sandbox_lib`` makes (the
+    """As in the sandbox: the grader's folder is what ``run.prepare`` makes (the
     declarations and judges cannot be imported) and torch.optim.Adam/AdamW raise. The
     solutions still observe cleanly, every check of the AdamW notebook included."""
     solution = answer(next(c.source for c in cells("adamw") if c.grade_id == "adamw"))
     update = answer(next(c.source for c in cells("adam") if c.grade_id == "adam_update"))
     requests = plan("adamw")
     lib = tmp_path / "lib"
-    lib.mkdir()
-    grade.build_sandbox_lib(lib)
+    run.prepare(lib)
     script = textwrap.dedent(
         f"""
         import json, sys

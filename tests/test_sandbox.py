@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "autograder"))
-import sandbox  # noqa: E402 -- autograder/ is a folder of scripts, not a package
+from autograder import sandbox  # noqa: E402
 
 PYTHON = os.path.abspath(sys.executable)
 BWRAP_OK, BWRAP_REASON = sandbox.bwrap_status()

@@ -1,0 +1,110 @@
+"""The feedback a student gets: their cells with outputs, each test's score and message.
+
+The test cells are shown as released (no hidden test: the test code never enters the
+sandbox, and the feedback is built from ``exercises/``). Every text passes through
+:class:`Scrubber`, which replaces the instructor's paths. The page is bounded: at most
+:data:`MAX_CELLS` of the student's cells are shown (every test cell always is) and at most
+:data:`MAX_CELL_TEXT` characters of any one cell's source or output, with a note where
+something was cut; a notebook of 40,000 cells costs no more than one of 200.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import sys
+from pathlib import Path
+
+from autograder.assignment import Assignment
+from autograder.gradebook import Outcome
+
+MAX_CELLS = 200
+MAX_CELL_TEXT = 20_000
+
+
+class Scrubber:
+    """Replaces the instructor's paths (course, Python, home, scratch) with an ellipsis."""
+
+    def __init__(self, root: Path) -> None:
+        here = Path(__file__).resolve().parent
+        paths = {str(root.resolve()), str(Path(sys.prefix).resolve()), os.path.abspath(sys.prefix),
+                 str(Path(sys.base_prefix).resolve()), str(here), os.path.expanduser("~")}  # fmt: skip
+        self.paths = sorted((p for p in paths if len(p) > 1), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for path in self.paths:
+            text = text.replace(path, "…")
+        return text
+
+
+def _cut(text: str, what: str) -> str:
+    if len(text) <= MAX_CELL_TEXT:
+        return text
+    return text[:MAX_CELL_TEXT] + f"\n[... {len(text) - MAX_CELL_TEXT} more characters of {what}]"
+
+
+def feedback_notebook(
+    assignment: Assignment,
+    outcome: Outcome,
+    items: list[dict],
+    cell_outputs: dict[int, str],
+    test_outputs: dict[str, str],
+) -> str:
+    """The feedback as a notebook (JSON text): a summary, then the cells that ran."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def escape(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    total = sum(outcome.scores.values())
+    lines = [f"# Feedback: {assignment.name}", "",
+             f"**Score: {total:g} / {assignment.max_score:g}**", ""]  # fmt: skip
+    if outcome.status != "graded":
+        lines.append(f"Your submission could not be graded: {escape(outcome.reason or '')}.")
+    else:
+        for test in assignment.tests:
+            mark = "passed" if outcome.scores.get(test.grade_id) == test.points else "failed"
+            score = outcome.scores.get(test.grade_id, 0)
+            lines.append(f"- `{test.grade_id}`: {score:g} / {test.points:g} ({mark})")
+        if outcome.reason:
+            lines += ["", f"Your notebook did not run to the end: {escape(outcome.reason)}."]
+    notes = list(outcome.notes)
+    shown = [i for i, item in enumerate(items) if item["origin"] == "student"]
+    hidden = set(shown[MAX_CELLS:])
+    if hidden:
+        notes.append(f"{len(hidden)} of your cells are not shown here (the feedback shows the "
+                     f"first {MAX_CELLS}); they ran all the same")  # fmt: skip
+    if notes:
+        lines += ["", "Notes:"] + [f"- {escape(n)}" for n in notes[:50]]
+    cells = [new_markdown_cell("\n".join(lines))]
+    points = {t.grade_id: t.points for t in assignment.tests}
+    for index, item in enumerate(items):
+        if index in hidden:
+            continue
+        if item["kind"] == "markdown":
+            cells.append(new_markdown_cell(item["source"]))
+            continue
+        cell = new_code_cell(_cut(item["source"], "source"))
+        if item["kind"] == "code":
+            text = _cut(cell_outputs.get(index, ""), "output")
+        else:
+            gid = item["grade_id"]
+            verdict = f"{outcome.scores.get(gid, 0.0):g} / {points[gid]:g} points"
+            if outcome.messages.get(gid):
+                verdict += ": " + outcome.messages[gid]
+            text = _cut(test_outputs.get(gid, "") + verdict, "output").strip()
+        if text:
+            cell.outputs = [new_output("stream", name="stdout", text=text)]
+        cells.append(cell)
+    notebook = new_notebook(cells=cells, metadata={"language_info": {"name": "python"}})
+    return nbformat.writes(notebook)
+
+
+def feedback_html(notebook_json: str) -> str:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nbformat.reads(notebook_json, as_version=4))
+    return body
