@@ -44,7 +44,7 @@ class Assignment:
     notebook: str  # the notebook's name without .ipynb
     cells: tuple[SourceCell, ...]
     answers: dict[str, tuple[str, ...]]  # solution grade_id -> names it defines
-    plans: dict[str, list[dict]]  # test grade_id -> requests (course_lib.grading plan mode)
+    plans: dict[str, list[dict]]  # test grade_id -> requests (grading plan mode)
     fingerprint: str  # changes when anything that decides a score changes
 
     @property

@@ -21,6 +21,7 @@ This module never enters the sandbox: it holds the references.
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,6 @@ from autograder.common import (
     MAX_ITEMS,
     RTOL,
     GradingError,
-    close,
     decode_tensor,
     device_name,
     malformed,
@@ -57,12 +57,14 @@ from autograder.judge import (
     check_tensor_desc,
     describe_mismatch,
     diagnose,
+    disagreement,
     end_of,
     first_mismatch,
     first_nonfinite_hint,
     format_call,
     hint,
     raise_stop,
+    recorded_number,
     refuse_delegation,
     tolerance,
     torch_effective_steps,
@@ -186,11 +188,13 @@ def adam_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) -
                 if not torch.isfinite(got).all():
                     message += first_nonfinite_hint(t)
                 else:
-                    candidates = ADAM_MISTAKES + (
-                        ("no_weight_decay", "decoupled_in_adam") if probe.weight_decay else ()
-                    )
                     # m or v wrong: the parameter's trajectory so far may still name the mistake.
-                    mistake = diagnose(got_params, probe, False, candidates)
+                    mistake = diagnose(
+                        got_params,
+                        probe,
+                        False,
+                        (*ADAM_MISTAKES, "no_weight_decay", "decoupled_in_adam"),
+                    )
                     if mistake:
                         message += " Likely mistake: " + hint(mistake, t, probe.beta1, probe.beta2)
                     elif what == "m":
@@ -294,15 +298,12 @@ def effective_steps(
         if len(values) != len(grads):
             raise malformed("the number of values is not the count recorded")
         for t in range(len(grads)):
-            got = _float(values[t], "a value")
-            if not close(got, expected[t].item(), rtol, atol=1e-12):
-                shown = ", ".join(f"{x:g}" for x in list(grads)[:6]) + (
-                    ", ..." if len(grads) > 6 else ""
-                )
+            wrong = disagreement(_float(values[t], "a value"), expected[t].item(), rtol, 1e-12)
+            if wrong:
+                shown = ", ".join(f"{x:g}" for x in grads[:6]) + (", ..." if len(grads) > 6 else "")
                 raise GradingError(
                     f"effective_steps([{shown}], lr={lr}, beta1={betas[0]}, beta2={betas[1]}, "
-                    f"eps={eps}): at step {t + 1} expected {expected[t].item():.8g}, got "
-                    f"{got:.8g} (allowed relative error {rtol:g}). The effective step is "
+                    f"eps={eps}): at step {t + 1} {wrong}. The effective step is "
                     "|theta_t - theta_(t-1)| / lr, from a fresh optimizer, gradients fed in order."
                 )
     end_of(obs, name)
@@ -312,22 +313,15 @@ def effective_steps(
 # Assignment `adamw`.
 # --------------------------------------------------------------------------------------
 
-_OPTIMIZER_CALLS = {"init": "AdamW", "step": "AdamW.step"}
 
-
-def _optimizer_handlers(name: str) -> dict[str, Callable[[dict[str, Any]], None]]:
+def _stop(obs: Any, name: str) -> None:
     def not_optimizer(stop: dict[str, Any]) -> None:
         raise GradingError(
             f"{name}(...) should be a torch.optim.Optimizer, got {text(stop.get('type'), 200)}"
         )
 
-    return {"not_optimizer": not_optimizer}
-
-
-def _stop(obs: Any, name: str) -> None:
-    raise_stop(
-        obs, name, calls={"init": name, "step": f"{name}.step"}, handlers=_optimizer_handlers(name)
-    )
+    calls = {"init": name, "step": f"{name}.step"}
+    raise_stop(obs, name, calls=calls, handlers={"not_optimizer": not_optimizer})
 
 
 def check_class(obs: Any, name: str) -> None:
@@ -427,12 +421,8 @@ def adamw_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) 
                 message += first_nonfinite_hint(t)
             else:
                 mistake = diagnose(got, probe, True, ADAMW_MISTAKES)
-                if mistake:
-                    hint_t = (
-                        probe.lr_change_at + 1
-                        if mistake == "lr_cached" and probe.lr_change_at is not None
-                        else t
-                    )
+                if mistake:  # lr_cached is told apart only on a probe whose lr changes
+                    hint_t = probe.lr_change_at + 1 if mistake == "lr_cached" else t
                     message += " Likely mistake: " + hint(mistake, hint_t, probe.beta1, probe.beta2)
             raise GradingError(message)
     end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
@@ -620,15 +610,14 @@ def values(
     rtol: float = FLOAT_RTOL,
     atol: float = 0.0,
 ) -> None:
-    """``cases``: (positional args, keyword args, expected value, hint when wrong)."""
+    """``cases``: (positional args, keyword args, expected value, hint when wrong); an ``int``
+    expected is compared exactly (:func:`~autograder.judge.disagreement`)."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs, expected, hint_) in enumerate(cases):
-        got = number_from(_result(obs, results, index, name), f"{name}'s result")
-        if not close(got, expected, rtol, atol):
-            raise GradingError(
-                f"{format_call(name, kwargs, args)}: expected {expected:.10g}, got {got:.10g} "
-                f"(allowed relative error {rtol:g}). {hint_}".rstrip()
-            )
+        got = recorded_number(_result(obs, results, index, name), f"{name}'s result")
+        wrong = disagreement(got, expected, rtol, atol)
+        if wrong:
+            raise GradingError(f"{format_call(name, kwargs, args)}: {wrong}. {hint_}".rstrip())
     end_of(obs, name)
 
 
@@ -648,22 +637,19 @@ def against_reference(
     atol: float = 0.0,
     mistakes: dict[str, Callable] | None = None,
 ) -> None:
-    """``function(*args, **kwargs)`` equals ``reference(...)`` on every case; when it does not,
-    name the first of ``mistakes`` (description -> function) that gives the same value.
-    Where the reference returns an ``int`` the answer must equal it exactly."""
+    """``function(*args, **kwargs)`` equals ``reference(...)`` on every case (exactly, where
+    the reference returns an ``int``); when it does not, name the first of ``mistakes``
+    (description -> function) that gives the same value."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs) in enumerate(cases):
-        expected = float(reference(*args, **kwargs))
-        got = number_from(_result(obs, results, index, name), f"{name}'s result")
-        if close(got, expected, rtol, atol):
+        got = recorded_number(_result(obs, results, index, name), f"{name}'s result")
+        wrong = disagreement(got, reference(*args, **kwargs), rtol, atol)
+        if wrong is None:
             continue
-        message = (
-            f"{format_call(name, kwargs, args)}: expected {expected:.10g}, got {got:.10g} "
-            f"(allowed relative error {rtol:g})."
-        )
-        for description, wrong in (mistakes or {}).items():
+        message = f"{format_call(name, kwargs, args)}: {wrong}."
+        for description, mistake in (mistakes or {}).items():
             try:
-                if close(got, float(wrong(*args, **kwargs)), 1e-9, 1e-15):
+                if disagreement(got, mistake(*args, **kwargs), 1e-9, 1e-15) is None:
                     message += f" Likely mistake: {description}"
                     break
             except Exception:  # a mistake model that does not apply to these inputs
@@ -690,22 +676,16 @@ def predicate(
     answer): when it does not, ``"name(args) = got: message"``."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs) in enumerate(cases):
-        got = number_from(_result(obs, results, index, name), f"{name}'s result")
+        got = recorded_number(_result(obs, results, index, name), f"{name}'s result")
         if not predicate(got):
             raise GradingError(f"{format_call(name, kwargs, args)} = {got:.10g}: {message}")
     end_of(obs, name)
 
 
-def _format_number(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return f"{float(value):.10g}"
-
-
 def _dict_result(
     entry: Any, call: str, keys: Sequence[str], total: str | None, rtol: float, atol: float
-) -> dict[str, Any]:
-    """The structure of one dict result: exactly ``keys``, and ``total`` the sum of the rest."""
+) -> dict[str, int | float]:
+    """The numbers of one dict result: exactly ``keys``, and ``total`` the sum of the rest."""
     if not isinstance(entry, dict):
         raise malformed("a result is not a record")
     shown = text(entry.get("repr"))
@@ -715,12 +695,12 @@ def _dict_result(
     if _int(entry, "other_keys") or set(got_keys) != set(keys):
         raise GradingError(f"{call} should return a dict with keys {', '.join(keys)}; got {shown}")
     values = _field(entry, "values", dict)
+    numbers = {k: recorded_number(_field(values, k, dict), f"{call}[{k!r}]") for k in keys}
     if total is not None:
         others = [k for k in keys if k != total]
-        numbers = {k: number_from(_field(values, k, dict), f"{call}[{k!r}]") for k in keys}
-        if not close(numbers[total], sum(numbers[k] for k in others), rtol, atol):
+        if disagreement(numbers[total], sum(numbers[k] for k in others), rtol, atol):
             raise GradingError(f"{call}: {total} should be {' + '.join(others)}, got {shown}")
-    return values
+    return numbers
 
 
 @check(
@@ -740,18 +720,16 @@ def dict_values(
 ) -> None:
     """A function that returns a dict of numbers: exactly ``keys``, ``total`` (when given) the
     sum of the others, and the values of each case's ``expected`` dict (which may name only
-    some keys, or none). ``cases``: (positional args, keyword args, expected, hint)."""
+    some keys, or none; an ``int`` is compared exactly). ``cases``: (positional args, keyword
+    args, expected, hint)."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs, expected, hint_) in enumerate(cases):
         call = format_call(name, kwargs, args)
-        values = _dict_result(_result(obs, results, index, name), call, keys, total, rtol, atol)
+        numbers = _dict_result(_result(obs, results, index, name), call, keys, total, rtol, atol)
         for key, want in (expected or {}).items():
-            got = number_from(_field(values, key, dict), f"{call}[{key!r}]")
-            if not close(got, float(want), rtol, atol):
-                raise GradingError(
-                    f"{call}[{key!r}]: expected {_format_number(want)}, got "
-                    f"{text(values[key].get('repr'))}. {hint_}".rstrip()
-                )
+            wrong = disagreement(numbers[key], want, rtol, atol)
+            if wrong:
+                raise GradingError(f"{call}[{key!r}]: {wrong}. {hint_}".rstrip())
     end_of(obs, name)
 
 
@@ -772,32 +750,20 @@ def dict_against_reference(
     unit: str = "",
     hints: Callable[..., str] | None = None,
 ) -> None:
-    """``function(*args, **kwargs)[key]`` equals ``reference(...)[key]`` for every key and
-    case (exactly, where the reference's value is an ``int``: byte counts); ``hints(key,
-    *args, **kwargs)`` says what to look at when one differs."""
+    """``function(*args, **kwargs)`` has exactly ``keys`` and ``[key]`` equals
+    ``reference(...)[key]`` for every key and case (exactly, where the reference's value is
+    an ``int``: byte counts); ``hints(key, *args, **kwargs)`` says what to look at when one
+    differs."""
     results = _results(obs, name, len(cases))
     for index, (args, kwargs) in enumerate(cases):
         want = reference(*args, **kwargs)
-        entry = _result(obs, results, index, name)
         call = format_call(name, kwargs, args)
-        if not isinstance(entry, dict):
-            raise malformed("a result is not a record")
-        if entry.get("is_dict") is not True:
-            raise GradingError(
-                f"{call} should return a dict with keys {', '.join(keys)}; got "
-                f"{text(entry.get('repr'))}"
-            )
-        values = _field(entry, "values", dict)
+        numbers = _dict_result(_result(obs, results, index, name), call, keys, None, rtol, atol)
         for key in keys:
-            desc = values.get(key)
-            got = None if desc is None else number_from(desc, f"{call}[{key!r}]")
-            if got is None or not close(got, float(want[key]), rtol, atol):
-                shown = "None" if desc is None else text(desc.get("repr"))
+            wrong = disagreement(numbers[key], want[key], rtol, atol, unit)
+            if wrong:
                 hint_ = hints(key, *args, **kwargs) if hints else ""
-                raise GradingError(
-                    f"{call}[{key!r}]: expected {_format_number(want[key])}{unit}, got "
-                    f"{shown}. {hint_}".rstrip()
-                )
+                raise GradingError(f"{call}[{key!r}]: {wrong}. {hint_}".rstrip())
     end_of(obs, name)
 
 
@@ -820,18 +786,15 @@ def number(
     atol: float = 0.0,
     message: str | None = None,
 ) -> None:
-    """A number equal to ``expected``. ``message``, when given, is formatted with ``name``,
-    ``got`` (the answer's repr) and ``expected``."""
-    expected = float(expected)
+    """A number equal to ``expected`` (exactly, where it is an ``int``). ``message``, when
+    given, is formatted with ``name``, ``got`` (the answer's repr) and ``expected``."""
     value = _value(obs)
-    got = number_from(_field(value, "number", dict), name)
-    if not close(got, expected, rtol, atol):
+    wrong = disagreement(recorded_number(_field(value, "number", dict), name), expected, rtol, atol)
+    if wrong:
         shown = text(value.get("repr"))
         if message:
             raise GradingError(message.format(name=name, got=shown, expected=expected))
-        raise GradingError(
-            f"{name} = {shown}: expected {expected:.10g} (allowed relative error {rtol:g})"
-        )
+        raise GradingError(f"{name} = {shown}: {wrong}")
     end_of(obs, name)
 
 
@@ -933,4 +896,53 @@ def answer_letters(
     raise GradingError(f"{name} = {shown}: " + " ".join(lines))
 
 
-API["torch_effective_steps"] = torch_effective_steps  # a reference hidden tests use
+# --------------------------------------------------------------------------------------
+# What several hidden tests share (they run in the grader's process, never in the sandbox).
+# --------------------------------------------------------------------------------------
+
+
+def schedule_cases(seed: int, *, length: bool = False, cooldown: bool = False) -> list[Case]:
+    """Calls of a schedule for a hidden test, with ``course_lib.schedules``' keywords.
+
+    Eight random schedules: ``peak_lr`` and ``num_warmup_steps >= 1``; with ``length`` also
+    ``num_training_steps`` and ``min_lr``, and with ``cooldown`` a ``cooldown_fraction`` whose
+    cooldown starts after the warmup. Each is called at its boundaries (0, the warmup's last
+    and first steps, the last two steps of the run and past its end) and at random steps.
+    """
+    rng = random.Random(seed)
+    cases: list[Case] = []
+    for _ in range(8):
+        peak = 10 ** rng.uniform(-5, -2)
+        warmup = rng.choice([1, 2, 10, rng.randint(3, 500)])
+        kwargs = {"peak_lr": peak, "num_warmup_steps": warmup}
+        if length:
+            if cooldown:
+                total = 100 * rng.randint(2 * (warmup // 100 + 2), 400)
+                kwargs["cooldown_fraction"] = rng.choice([0.1, 0.2, 0.25, 0.5])
+            else:
+                total = warmup + rng.randint(20, 5000)
+            kwargs.update(num_training_steps=total, min_lr=rng.choice([0.0, peak / 10, peak / 100]))
+        steps = [0, 1, warmup - 1, warmup, warmup + 1]
+        steps += [rng.randint(0, 3 * warmup) for _ in range(4)]
+        if length:
+            steps += [total - 2, total - 1, total, total + rng.randint(1, 1000)]
+            steps += [rng.randint(warmup, total) for _ in range(6)]
+        cases += [((step,), dict(kwargs)) for step in steps if step >= 0]
+    return cases
+
+
+def warmup_ahead(schedule: Callable[..., float]) -> dict[str, Callable[..., float]]:
+    """The mistake "the warmup is one step ahead" of a ``course_lib.schedules`` schedule, as
+    :func:`against_reference` takes mistakes: the rate of step ``s + 1`` during the warmup."""
+    description = (
+        "the warmup is one step ahead: the course's convention is lr(s) = peak_lr * s / "
+        "num_warmup_steps, so lr(0) = 0 and the peak is reached at s = num_warmup_steps."
+    )
+    return {description: lambda s, **k: schedule(s + 1 if s < k["num_warmup_steps"] else s, **k)}
+
+
+API.update(  # the references and inputs hidden tests use
+    torch_effective_steps=torch_effective_steps,
+    schedule_cases=schedule_cases,
+    warmup_ahead=warmup_ahead,
+)

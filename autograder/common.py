@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import io
 import json
 import math
@@ -18,7 +17,7 @@ import sys
 import tempfile
 import textwrap
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,24 +135,6 @@ def hide_test_source_when_autograding() -> None:
     if shell is not None and getattr(shell, "InteractiveTB", None) is not None:
         if shell.InteractiveTB.mode != "Minimal":
             shell.InteractiveTB.set_mode(mode="Minimal")
-
-
-def graded(check: Callable[..., None]) -> Callable[..., None]:
-    """Run a function with warnings and stderr captured; print them to stdout afterwards."""
-
-    @functools.wraps(check)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        hide_test_source_when_autograding()
-        notes: list[str] = []
-        try:
-            with captured() as notes:
-                check(*args, **kwargs)
-        finally:
-            print_notes(notes)
-        # Returns None on purpose: a number returned here would be read by nbgrader as a
-        # partial score.
-
-    return wrapper
 
 
 # --------------------------------------------------------------------------------------
@@ -321,11 +302,6 @@ def malformed(detail: str) -> GradingError:
 def close(got: float, expected: float, rtol: float = FLOAT_RTOL, atol: float = 0.0) -> bool:
     """``|got - expected| <= max(rtol * |expected|, atol)``; NaN is never close."""
     return math.isfinite(got) and abs(got - expected) <= max(rtol * abs(expected), atol)
-
-
-def as_float(value: Any, what: str) -> float:
-    """``value`` as one float; :class:`GradingError` saying why when it is not one number."""
-    return number_from(describe_number(value), what)
 
 
 def number_from(desc: Any, what: str) -> float:

@@ -236,9 +236,6 @@ class Watch:
         threading.setprofile(self._previous_threading)
 
 
-_Watch = Watch  # the name the checks used before the split
-
-
 def _short_path(path: str) -> str:
     parts = Path(path).parts
     for anchor in ("torch", "course_lib", "transformers"):
@@ -416,13 +413,6 @@ def refusal(name: str, reasons: Sequence[str]) -> GradingError:
     )
 
 
-def check_not_delegating(obj: Any, name: str, kind: str) -> None:
-    """Raise :class:`GradingError` naming each reason when ``obj`` delegates."""
-    reasons = delegation_reasons(obj, kind)
-    if reasons:
-        raise refusal(name, reasons)
-
-
 _WARMED_UP = False
 
 
@@ -462,15 +452,3 @@ def call_watched(function: Callable[..., Any], *args: Any, kind: str, **kwargs: 
             outcome.error = describe_exception(exc)
     outcome.hits = list(dict.fromkeys(watch.hits))
     return outcome
-
-
-def call_answer(
-    function: Callable[..., Any], *args: Any, name: str, kind: str, **kwargs: Any
-) -> Any:
-    """Call the student's code, watching for delegation; wrap its exceptions with its name."""
-    outcome = call_watched(function, *args, kind=kind, **kwargs)
-    if outcome.hits:
-        raise refusal(name, [f"running it called {hit}" for hit in outcome.hits])
-    if outcome.exception is not None:
-        raise GradingError(f"{name} raised {outcome.error}") from outcome.exception
-    return outcome.result

@@ -19,7 +19,7 @@ from autograder.assignment import Assignment
 from autograder.gradebook import Outcome
 
 MAX_CELLS = 200
-MAX_CELL_TEXT = 20_000
+MAX_CELL_TEXT = 30_000  # above the harness's own cap per cell and stream, with its note
 
 
 class Scrubber:
@@ -27,8 +27,14 @@ class Scrubber:
 
     def __init__(self, root: Path) -> None:
         here = Path(__file__).resolve().parent
-        paths = {str(root.resolve()), str(Path(sys.prefix).resolve()), os.path.abspath(sys.prefix),
-                 str(Path(sys.base_prefix).resolve()), str(here), os.path.expanduser("~")}  # fmt: skip
+        paths = {
+            str(root.resolve()),
+            str(Path(sys.prefix).resolve()),
+            os.path.abspath(sys.prefix),
+            str(Path(sys.base_prefix).resolve()),
+            str(here),
+            os.path.expanduser("~"),
+        }
         self.paths = sorted((p for p in paths if len(p) > 1), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
@@ -58,8 +64,12 @@ def feedback_notebook(
         return html.escape(text, quote=False)
 
     total = sum(outcome.scores.values())
-    lines = [f"# Feedback: {assignment.name}", "",
-             f"**Score: {total:g} / {assignment.max_score:g}**", ""]  # fmt: skip
+    lines = [
+        f"# Feedback: {assignment.name}",
+        "",
+        f"**Score: {total:g} / {assignment.max_score:g}**",
+        "",
+    ]
     if outcome.status != "graded":
         lines.append(f"Your submission could not be graded: {escape(outcome.reason or '')}.")
     else:
@@ -73,8 +83,10 @@ def feedback_notebook(
     shown = [i for i, item in enumerate(items) if item["origin"] == "student"]
     hidden = set(shown[MAX_CELLS:])
     if hidden:
-        notes.append(f"{len(hidden)} of your cells are not shown here (the feedback shows the "
-                     f"first {MAX_CELLS}); they ran all the same")  # fmt: skip
+        notes.append(
+            f"{len(hidden)} of your cells are not shown here (the feedback shows the "
+            f"first {MAX_CELLS}); they ran all the same"
+        )
     if notes:
         lines += ["", "Notes:"] + [f"- {escape(n)}" for n in notes[:50]]
     cells = [new_markdown_cell("\n".join(lines))]

@@ -125,22 +125,36 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
         items, notes = assemble(assignment, submission)
         notes = submission.notes + notes
         stage = "running"
-        cells = [{"kind": "test", "requests": assignment.plans[i["grade_id"]]}
-                 if i["kind"] == "test" else {"kind": i["kind"], "source": i["source"]}
-                 for i in items]  # fmt: skip
+        cells = [
+            {"kind": "test", "requests": assignment.plans[i["grade_id"]]}
+            if i["kind"] == "test"
+            else {"kind": i["kind"], "source": i["source"]}
+            for i in items
+        ]
         runs = run.run_cells(
-            cells, [i["label"] for i in items], data=folder, prepared=worker["prepared"],
-            limits=worker["limits"], uid=worker["uid"], allow_unsafe=worker["allow_unsafe"],
+            cells,
+            [i["label"] for i in items],
+            data=folder,
+            prepared=worker["prepared"],
+            limits=worker["limits"],
+            uid=worker["uid"],
+            allow_unsafe=worker["allow_unsafe"],
             scrub=scrub,
-        )  # fmt: skip
+        )
         stage = "judging"
         sources = [c.source for c in submission.cells if c.cell_type == "code"]
         scores, messages, outputs = judge_tests(assignment, items, runs, sources, runs.ended)
         outcome = Outcome(
-            student, "graded", scores, {k: scrub(v) for k, v in messages.items()},
-            [scrub(n) for n in notes + runs.notes], runs.ended, time.monotonic() - start,
-            fingerprint, runs.warning,
-        )  # fmt: skip
+            student,
+            "graded",
+            scores,
+            {k: scrub(v) for k, v in messages.items()},
+            [scrub(n) for n in notes + runs.notes],
+            runs.ended,
+            time.monotonic() - start,
+            fingerprint,
+            runs.warning,
+        )
         stage = "writing the feedback of"
         cell_outputs = {}
         for index, rec in runs.records.items():
@@ -156,8 +170,9 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
             status = "failed"
             where = "".join(traceback.format_exception_only(type(error), error)).strip()
             reason = scrub(f"the grader failed while {stage} {student}'s submission: {where}")
-        outcome = Outcome(student, status, zero, {}, [], reason[:2000], time.monotonic() - start,
-                          fingerprint)  # fmt: skip
+        outcome = Outcome(
+            student, status, zero, {}, [], reason[:2000], time.monotonic() - start, fingerprint
+        )
         return outcome, feedback_notebook(assignment, outcome, [], {}, {})
 
 
@@ -222,9 +237,11 @@ class _Pool:
         for i in range(self.workers):
             uids.put(UID_BASE + i)
         executor = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=self.context, initializer=_init_worker,
+            max_workers=self.workers,
+            mp_context=self.context,
+            initializer=_init_worker,
             initargs=(uids, self.settings),
-        )  # fmt: skip
+        )
         for _ in range(self.workers):
             executor.submit(_ready)
         return executor
@@ -250,10 +267,16 @@ class _Pool:
                             continue
                         except Exception as error:  # a worker's own failure: this student's
                             outcome = Outcome(
-                                student, "failed", {t.grade_id: 0.0 for t in assignment.tests},
-                                {}, [], f"the grader failed on {student}'s submission: "
-                                f"{type(error).__name__}: {str(error)[:500]}", 0.0, "",
-                            )  # fmt: skip
+                                student,
+                                "failed",
+                                {t.grade_id: 0.0 for t in assignment.tests},
+                                {},
+                                [],
+                                f"the grader failed on {student}'s submission: "
+                                f"{type(error).__name__}: {str(error)[:500]}",
+                                0.0,
+                                "",
+                            )
                         try:
                             record(self.settings["root"], assignment, outcome, gb)
                         except Exception as error:
@@ -265,7 +288,9 @@ class _Pool:
                         outcomes[student] = outcome
                         pending.remove(student)
                         score = sum(outcome.scores.values())
-                        bar.set_postfix_str(f"{student}: {score:g}/{assignment.max_score:g}")
+                        bar.set_postfix_str(
+                            f"{student}: {score:g}/{assignment.max_score:g}", refresh=False
+                        )
                         bar.update()
                 if broken:  # a grader process died (not a sandbox): start new ones
                     bar.write(f"a grading worker died; restarting for {len(pending)} submission(s)")
@@ -337,8 +362,12 @@ def grade_batch(
         os.environ["COURSE_DEVICE"] = "cpu"
         with tempfile.TemporaryDirectory(prefix="grade-lib-") as lib_tmp:
             Path(lib_tmp).chmod(0o755)
-            settings = {"root": root, "limits": limits, "allow_unsafe": allow_unsafe,
-                        "prepared": run.prepare(Path(lib_tmp, "lib"))}  # fmt: skip
+            settings = {
+                "root": root,
+                "limits": limits,
+                "allow_unsafe": allow_unsafe,
+                "prepared": run.prepare(Path(lib_tmp, "lib")),
+            }
             pool = _Pool(workers, settings)  # workers start (import torch) meanwhile
             try:
                 assignment = load_assignment(root, assignment_name)
@@ -347,8 +376,9 @@ def grade_batch(
                 for name in rejected:
                     print(f"skipped folder {name!r}: not a valid student id", file=out)
                 with open_gradebook(root) as gb:
-                    todo = [s for s in students
-                            if force or not already_graded(root, s, assignment, gb)]  # fmt: skip
+                    todo = [
+                        s for s in students if force or not already_graded(root, s, assignment, gb)
+                    ]
                 skipped = len(students) - len(todo)
                 print(
                     f"{assignment.name}: {len(students)} submission(s), {len(todo)} to grade"
@@ -379,8 +409,10 @@ def _summary(assignment: Assignment, outcomes: dict[str, Outcome], out: Any) -> 
             why = "NOT GRADED: " + why
         elif outcome.notes and not why:
             why = outcome.notes[0]
-        print(f"{student:<24} {score:>11}  {outcome.seconds:5.1f}s  {textwrap.shorten(why, 90)}",
-              file=out)  # fmt: skip
+        print(
+            f"{student:<24} {score:>11}  {outcome.seconds:5.1f}s  {textwrap.shorten(why, 90)}",
+            file=out,
+        )
     problems = sum(1 for o in outcomes.values() if o.status != "graded" or o.reason)
     total = sum(o.seconds for o in outcomes.values())
     print(
@@ -418,28 +450,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     add = parser.add_argument
     add("assignment", help="the assignment's name (a folder of solutions/)")
-    add("--workers", type=_positive(int, "--workers"), default=os.cpu_count() or 1,
-        help="submissions graded at once (default: the number of cores)")  # fmt: skip
     add("--student", action="append", help="grade only this student (repeatable)")
     add("--force", action="store_true", help="regrade submissions already graded")
-    add("--timeout", type=_positive(float, "--timeout"), default=defaults.wall_seconds,
-        help="wall-clock seconds per submission (default %(default)g)")  # fmt: skip
-    add("--memory-mb", type=_positive(int, "--memory-mb"), default=defaults.memory_bytes // mib,
-        help="address space per process, MiB (default %(default)d)")  # fmt: skip
-    add("--max-processes", type=_positive(int, "--max-processes"),
-        default=defaults.max_processes, help="processes per sandbox (default %(default)d)")  # fmt: skip
-    add("--max-output-mb", type=_positive(float, "--max-output-mb"),
-        default=defaults.max_output_bytes / mib,
-        help="output kept per submission, MiB (default %(default)g)")  # fmt: skip
-    add("--max-file-mb", type=_positive(int, "--max-file-mb"),
-        default=defaults.max_file_bytes // mib,
-        help="largest file a submission may write, MiB (default %(default)d)")  # fmt: skip
-    add("--max-disk-mb", type=_positive(int, "--max-disk-mb"),
-        default=defaults.max_disk_bytes // mib,
-        help="size of the submission's writable tmpfs, MiB (default %(default)d)")  # fmt: skip
-    add("--allow-unsafe", action="store_true",
-        help="grade WITHOUT a sandbox where bubblewrap cannot run (trusted code only)")  # fmt: skip
+    add(
+        "--allow-unsafe",
+        action="store_true",
+        help="grade WITHOUT a sandbox where bubblewrap cannot run (trusted code only)",
+    )
     add("--root", type=Path, default=ROOT, help="the course folder (default: this repository)")
+    numbers = [  # option, type, default, help
+        ("--workers", int, os.cpu_count() or 1, "submissions graded at once, one per core"),
+        ("--timeout", float, defaults.wall_seconds, "wall-clock seconds per submission"),
+        ("--memory-mb", int, defaults.memory_bytes // mib, "address space per process, MiB"),
+        ("--max-processes", int, defaults.max_processes, "processes per sandbox"),
+        ("--max-output-mb", float, defaults.max_output_bytes / mib, "output kept, MiB"),
+        ("--max-file-mb", int, defaults.max_file_bytes // mib, "largest file written, MiB"),
+        ("--max-disk-mb", int, defaults.max_disk_bytes // mib, "writable tmpfs per sandbox, MiB"),
+    ]
+    for option, kind, default, text in numbers:
+        add(option, type=_positive(kind, option), default=default, help=f"{text} (%(default)g)")
     args = parser.parse_args(argv)
     limits = sandbox.Limits(
         wall_seconds=args.timeout,
@@ -450,8 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         max_disk_bytes=args.max_disk_mb * mib,
     )
     try:
-        grade_batch(args.root, args.assignment, workers=args.workers, limits=limits,
-                    allow_unsafe=args.allow_unsafe, force=args.force, only=args.student)  # fmt: skip
+        grade_batch(
+            args.root,
+            args.assignment,
+            workers=args.workers,
+            limits=limits,
+            allow_unsafe=args.allow_unsafe,
+            force=args.force,
+            only=args.student,
+        )
     except GradingRefused as error:
         print(f"course-grade: {error}", file=sys.stderr)
         return 2

@@ -136,8 +136,11 @@ def record(root: Path, assignment: Assignment, outcome: Outcome, gb: Any) -> Non
         grade.auto_score = float(outcome.scores.get(test.grade_id, 0.0))
         grade.needs_manual_grade = False
     gb.db.commit()
-    marker = {"fingerprint": outcome.fingerprint, "scores": outcome.scores,
-              "status": outcome.status}  # fmt: skip
+    marker = {
+        "fingerprint": outcome.fingerprint,
+        "scores": outcome.scores,
+        "status": outcome.status,
+    }
     atomic_write(_marker_path(root, student, assignment), json.dumps(marker, indent=1))
 
 

@@ -149,9 +149,13 @@ def run_check(
                 "a value computed from it"
             )
         _STATE["requests"].append(
-            {"check": check, "observer": observer, "answer": answer.name,
-             "inputs": round_trip(inputs)}
-        )  # fmt: skip
+            {
+                "check": check,
+                "observer": observer,
+                "answer": answer.name,
+                "inputs": round_trip(inputs),
+            }
+        )
         return None
     if current == "judge":
         _judge_next(check, answer, inputs, judge, name=name, kind=kind)

@@ -1,227 +1,198 @@
-"""Runs one submission inside the grading sandbox (started by ``grade.py``; never by hand).
+"""The grader's own process in the grading sandbox (started by ``run.py``; never by hand).
 
-This process is the student's: everything in it, this file included once the first student
-cell has run, may be changed by the student's code. So it decides nothing. It executes the
-cells it is given in order, in one IPython shell (the student's code cells, and the locked
-cells of the assignment), and at each test cell it only *observes* the student's answers:
-``course_lib.grading.observe`` calls them on inputs made from the test's plain arguments and
-records what they returned, as plain JSON. The grader, outside, recomputes the references
-and compares, on those numbers. A student who monkeypatches ``torch.allclose``, the checks
-or IPython, or who forges the records, can only make its own record wrong.
+Two processes of the same unprivileged uid run a submission. This one, the harness H, never
+runs student code: it reads the run spec (the cells, and the test cells' requests with the
+hidden tests' inputs) from its stdin, holds the results channel (the fd named in
+``GRADER_RESULTS_FD``), copies the files handed in from ``INPUTS_DIR`` into its working
+directory, makes itself non-dumpable (no process of its uid may then open
+``/proc/<H>/fd/*`` or ``/proc/<H>/mem``, or ptrace it), and starts the kernel K
+(``kernel.py``, where the student's code runs) with ``close_fds``, an environment without
+the channel's fd number, ``/dev/null`` as stdin and two pipes of its own.
 
-Before any student code runs it also
-- takes the results channel (a pipe to the grader) away from fd numbers a student would
-  guess, and writes one JSON line per cell to it as soon as the cell has run, so a crash or a
-  kill later still leaves the earlier cells' records;
-- makes the fused Adam kernels raise (``torch.optim.Adam``/``AdamW`` are stub modules in
-  the sandbox, and ``course_lib`` holds only the observation code): an answer cannot hand its
-  work to the reference;
-- ignores SIGXFSZ, so a file over the size limit fails that write, not the whole run;
-- caps what each cell may print (the rest is counted and dropped).
+H sends K one request at a time (get ready; run code cell i; observe test cell i), each with
+a fresh random nonce, and takes as the answer only a line (of at most ``MAX_ANSWER_BYTES``)
+with that nonce and that index; anything else on the pipe is dropped. H writes every record
+itself, in the format ``run.read_records`` parses, with the checks and inputs of a test from
+its own spec and the texts capped. So a record of cell i exists only once H has asked for
+cell i, which it does only after it has an answer for every cell before; the hidden tests'
+inputs reach K only when their test is reached; nothing K's process writes becomes the ready
+or done record, a record of a cell not asked for, or a second record of a cell. If K ends
+(``os._exit``, a signal, the memory limit), H exits as K did (its code, or 128 + the
+signal), which ``run.how_it_ended`` reports, and the tests after it score 0; if K hangs, the
+sandbox's wall-clock limit ends both.
 
-Usage (inside the sandbox): ``python -I harness.py RUN_JSON LIB_DIR``.
+Residual risk: a cell's code runs in K and can rewrite K's code (the observation code
+included) and read its requests (nonces included), so an answer is the testimony of the
+student's process about the cell H asked for, and a cell may answer early in K's name and so
+reach the next request sooner. The grader recomputes every reference outside and judges
+only the recorded numbers: such testimony can lower its own score, not raise it. K's
+process may also kill H (same uid): the run ends there, as if K had died. (What remains of
+delegation to torch's fused kernels is in ``kernel.py``.)
+
+Usage (inside the sandbox): ``python -I harness.py LIB_DIR INPUTS_DIR < spec.json``.
 """
 
 from __future__ import annotations
 
-import io
+import ctypes
 import json
 import os
+import secrets
+import selectors
 import shutil
-import signal
+import subprocess
 import sys
 import time
-import traceback
 
-CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream
-
-
-class _Capped(io.TextIOBase):
-    """A text stream that keeps the first ``cap`` characters and counts the rest."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.parts: list[str] = []
-        self.kept = 0
-        self.dropped = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            text = str(text)
-        room = self.cap - self.kept
-        if room > 0:
-            self.parts.append(text[:room])
-            self.kept += min(room, len(text))
-        self.dropped += max(0, len(text) - max(room, 0))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def value(self) -> str:
-        text = "".join(self.parts)
-        if self.dropped:
-            text += f"\n[... {self.dropped} more characters of output were dropped]"
-        return text
+CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream (as in kernel.py, plus a note)
+MAX_ANSWER_BYTES = 16 << 20  # one answer line from K; longer lines are dropped
+PR_SET_DUMPABLE = 4
 
 
-class _Channel:
-    """The results pipe, on a high fd number; one JSON object per line."""
+class Kernel:
+    """K as H sees it: the child process, the request pipe to it and the answer pipe back."""
 
-    def __init__(self) -> None:
-        fd = int(os.environ.pop("GRADER_RESULTS_FD"))
-        self.fd = os.dup2(fd, 1000 + os.getpid() % 20000) if fd < 1000 else fd
-        if self.fd != fd:
-            os.close(fd)
+    def __init__(self, lib: str) -> None:
+        requests_r, self.requests = os.pipe()
+        self.answers, answers_w = os.pipe()
+        kernel = os.path.join(lib, "kernel.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", kernel, lib, str(requests_r), str(answers_w)],
+            stdin=subprocess.DEVNULL, close_fds=True, pass_fds=(requests_r, answers_w),
+        )  # fmt: skip
+        os.close(requests_r)
+        os.close(answers_w)
+        self.exited = os.pidfd_open(self.proc.pid)
+        os.set_blocking(self.requests, False)
+        os.set_blocking(self.answers, False)
+        self.partial = bytearray()
+        self.skipping = False  # inside a line over MAX_ANSWER_BYTES
 
-    def send(self, record: dict) -> None:
-        data = (json.dumps(record, allow_nan=True, separators=(",", ":")) + "\n").encode()
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except OSError:
-                return  # the grader stopped listening (output cap): nothing more to say
-            view = view[written:]
-
-
-def _block_fused_adam() -> None:
-    """Make every fused Adam/AdamW kernel raise on the CPU, before student code runs."""
-    import warnings
-
-    import torch
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError(
-            "torch's fused Adam/AdamW kernels are not available while grading: "
-            "write the update with tensor operations"
-        )
-
-    library = torch.library.Library("aten", "IMPL")
-    names = [n for n in torch._C._dispatch_get_all_op_names() if "fused_adam" in n]
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)  # torch warns about each override, in C++
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for name in names:
-                op = name.split("::", 1)[1]
-                for key in ("CPU", "CompositeExplicitAutograd"):
+    def ask(self, request: dict) -> dict | None:
+        """Send ``request`` with a fresh nonce; K's answer to it, or None once K has ended."""
+        nonce = secrets.token_hex(16)
+        unsent = memoryview(json.dumps({**request, "nonce": nonce}).encode() + b"\n")
+        wanted = (nonce, request["index"])
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.requests, selectors.EVENT_WRITE)
+            sel.register(self.answers, selectors.EVENT_READ)
+            sel.register(self.exited, selectors.EVENT_READ)
+            while True:
+                events = {key.fd for key, _ in sel.select()}
+                if self.requests in events:
                     try:
-                        library.impl(op, refuse, key)
-                    except Exception:  # an overload without a kernel for this key
-                        continue
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    _block_fused_adam.library = library  # the overrides last as long as the object
+                        unsent = unsent[os.write(self.requests, unsent) :]
+                    except BlockingIOError:
+                        pass
+                    except OSError:  # K closed its end: only its exit is left to see
+                        unsent = unsent[:0]
+                    if not unsent:
+                        sel.unregister(self.requests)
+                if self.answers in events or self.exited in events:
+                    # Once K has ended, read what it left, up to one more answer's worth.
+                    budget = MAX_ANSWER_BYTES + (1 << 16) if self.exited in events else 1
+                    answers, closed = self._receive(budget)
+                    for answer in answers:
+                        if (answer.get("nonce"), answer.get("index")) == wanted:
+                            return answer
+                    if self.exited in events:
+                        return None
+                    if closed:  # no process holds the pipe's other end any more
+                        sel.unregister(self.answers)
+
+    def _receive(self, budget: int) -> tuple[list[dict], bool]:
+        """The JSON objects on the lines K's process has completed (reading at least once,
+        then on while ``budget`` bytes last and there is data), and whether the pipe is at
+        its end."""
+        answers = []
+        while True:
+            try:
+                chunk = os.read(self.answers, 1 << 16)
+            except BlockingIOError:
+                return answers, False
+            budget -= len(chunk)
+            *lines, rest = chunk.split(b"\n")
+            for line in lines:
+                if not self.skipping:
+                    try:
+                        answer = json.loads(self.partial + line)
+                    except (ValueError, RecursionError):
+                        answer = None
+                    if isinstance(answer, dict):
+                        answers.append(answer)
+                self.partial, self.skipping = bytearray(), False
+            if not self.skipping:
+                self.partial += rest
+            if len(self.partial) > MAX_ANSWER_BYTES:
+                self.partial, self.skipping = bytearray(), True
+            if not chunk or budget <= 0:
+                return answers, not chunk
+
+    def status(self) -> int:
+        """K's exit status as a process status: its code, or 128 + the signal that ended it."""
+        code = self.proc.wait()
+        return code if code >= 0 else 128 - code
 
 
-def _error_text(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return text[:2000]
+def _text(value: object) -> str | None:
+    return value[: CELL_OUTPUT_CAP + 100] if isinstance(value, str) else None
 
 
-def _jsonable(value: object) -> object:
-    """``value`` when it survives a JSON round trip as plain data; raises otherwise."""
-    return json.loads(json.dumps(value, allow_nan=True))
+def record(index: int, cell: dict, answer: dict) -> dict:
+    """The record of cell ``index`` from K's answer, with only what H knows taken from H."""
+    if cell["kind"] == "code":
+        stdout, stderr = _text(answer.get("stdout")) or "", _text(answer.get("stderr")) or ""
+        return {"type": "cell", "index": index, "stdout": stdout, "stderr": stderr,
+                "error": _text(answer.get("error"))}  # fmt: skip
+    got = answer.get("entries")
+    got = got if isinstance(got, list) else []
+    entries = []
+    for j, request in enumerate(cell["requests"]):
+        entry = {"check": request["check"], "inputs": request["inputs"]}
+        part = got[j] if j < len(got) and isinstance(got[j], dict) else {}
+        if isinstance(part.get("failed"), str):
+            entry["failed"] = part["failed"][:2000]
+        elif "obs" in part:
+            entry["obs"] = part["obs"]
+        else:
+            entry["failed"] = "the kernel's answer for this check was malformed"
+        entries.append(entry)
+    return {"type": "test", "index": index, "entries": entries}
+
+
+def send(channel: int, record: dict) -> None:
+    data = memoryview(json.dumps(record, allow_nan=True, separators=(",", ":")).encode() + b"\n")
+    try:
+        while data:
+            data = data[os.write(channel, data) :]
+    except OSError:
+        pass  # the grader stopped listening (its cap on results): nothing more to say
 
 
 def main() -> None:
-    run_path, lib_dir = sys.argv[1], sys.argv[2]
-    channel = _Channel()
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    # The grader's observation code as the sandbox holds it comes first; the editable
-    # install's finder points at the course folder, which is not in the sandbox anyway.
-    sys.path.insert(0, lib_dir)
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    with open(run_path, encoding="utf-8") as handle:
-        run = json.load(handle)
-    # Files handed in beside the notebook (data), copied into the working directory.
-    inputs = os.path.dirname(os.path.abspath(run_path))
-    for name in os.listdir(inputs):
-        if name != os.path.basename(run_path) and os.path.isfile(os.path.join(inputs, name)):
-            try:
-                shutil.copyfile(os.path.join(inputs, name), name)
-            except OSError:
-                pass
-
+    lib, inputs = sys.argv[1], sys.argv[2]
+    channel = int(os.environ.pop("GRADER_RESULTS_FD"))
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    spec = json.loads(sys.stdin.buffer.read())
+    for name in os.listdir(inputs):  # the data files, beside the student's work only
+        try:
+            shutil.copyfile(os.path.join(inputs, name), name)
+        except OSError:
+            pass
     started = time.monotonic()
-    import torch
-
-    torch.set_num_threads(1)
-    _block_fused_adam()
-    from autograder import observe as observe_module
-    from IPython.core.interactiveshell import InteractiveShell
-
-    observe = observe_module.observe
-    shell = InteractiveShell.instance()
-    try:
-        shell.colors = "nocolor"
-    except Exception:  # older IPython spells it NoColor
-        shell.colors = "NoColor"
-    channel.send({"type": "ready", "seconds": round(time.monotonic() - started, 3)})
-
-    for index, item in enumerate(run["cells"]):
-        if item["kind"] == "code":
-            out, err = _Capped(CELL_OUTPUT_CAP), _Capped(CELL_OUTPUT_CAP)
-            saved = sys.stdout, sys.stderr
-            sys.stdout, sys.stderr = out, err
-            error = None
-            try:
-                result = shell.run_cell(item["source"], store_history=True)
-                failure = result.error_before_exec or result.error_in_exec
-                if failure is not None:
-                    error = _error_text(failure)
-            except BaseException as exc:
-                error = _error_text(exc)
-            finally:
-                sys.stdout, sys.stderr = saved
-            channel.send(
-                {
-                    "type": "cell",
-                    "index": index,
-                    "stdout": out.value(),
-                    "stderr": err.value(),
-                    "error": error,
-                }
-            )
-        elif item["kind"] == "test":
-            entries = []
-            for request in item["requests"]:
-                entry = {"check": request["check"], "inputs": request["inputs"]}
-                name = request["answer"]
-                out, err = _Capped(CELL_OUTPUT_CAP), _Capped(CELL_OUTPUT_CAP)
-                saved = sys.stdout, sys.stderr
-                sys.stdout, sys.stderr = out, err
-                try:
-                    if name not in shell.user_ns:
-                        entry["failed"] = f"NameError: name {name!r} is not defined"
-                    else:
-                        entry["obs"] = _jsonable(
-                            observe(request["observer"], shell.user_ns[name], request["inputs"])
-                        )
-                except BaseException as exc:
-                    entry.pop("obs", None)
-                    entry["failed"] = f"observing {name} failed: {_error_text(exc)}"
-                finally:
-                    sys.stdout, sys.stderr = saved
-                entries.append(entry)
-            channel.send({"type": "test", "index": index, "entries": entries})
-    channel.send({"type": "done", "seconds": round(time.monotonic() - started, 3)})
-    sys.stdout.flush()
-    os._exit(0)  # no atexit handlers of the student's
+    kernel = Kernel(lib)
+    if kernel.ask({"index": -1, "kind": "ready"}) is None:
+        sys.exit(kernel.status())
+    send(channel, {"type": "ready", "seconds": round(time.monotonic() - started, 3)})
+    for index, cell in enumerate(spec["cells"]):
+        if cell["kind"] in ("code", "test"):
+            answer = kernel.ask({"index": index, **cell})
+            if answer is None:
+                sys.exit(kernel.status())
+            send(channel, record(index, cell, answer))
+    send(channel, {"type": "done", "seconds": round(time.monotonic() - started, 3)})
+    kernel.proc.kill()
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ from autograder.common import (
     MAX_ITEMS,
     RTOL,
     GradingError,
+    close,
     decode_tensor,
     malformed,
+    number_from,
     recorded_float,
     text,
 )
@@ -47,14 +49,19 @@ def tolerance(dtype: torch.dtype) -> float:
     return RTOL[dtype]
 
 
-def first_mismatch(got: Tensor, expected: Tensor, rtol: float) -> tuple[int, ...] | None:
-    """Index of the worst element outside ``rtol * max(|expected|, 1)``; None when all fit."""
+def relative_error(got: Tensor, expected: Tensor) -> Tensor:
+    """``|got - expected| / max(|expected|, 1)`` elementwise, in float64; NaN counts as inf."""
     got64 = got.detach().to("cpu", torch.float64)
     exp64 = expected.detach().to("cpu", torch.float64)
     if got64.shape != exp64.shape:
         raise GradingError(f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected")
     error = (got64 - exp64).abs() / exp64.abs().clamp_min(1.0)
-    error = torch.where(torch.isnan(error), torch.full_like(error, math.inf), error)
+    return torch.where(torch.isnan(error), torch.full_like(error, math.inf), error)
+
+
+def first_mismatch(got: Tensor, expected: Tensor, rtol: float) -> tuple[int, ...] | None:
+    """Index of the worst element outside ``rtol * max(|expected|, 1)``; None when all fit."""
+    error = relative_error(got, expected)
     if error.numel() == 0 or error.max().item() <= rtol:
         return None
     flat = int(error.argmax().item())
@@ -74,6 +81,33 @@ def describe_mismatch(got: Tensor, expected: Tensor, index: tuple[int, ...], rto
 def format_call(name: str, kwargs: dict[str, Any], positional: Sequence[Any] = ()) -> str:
     args = [repr(a) for a in positional] + [f"{k}={v!r}" for k, v in kwargs.items()]
     return f"{name}({', '.join(args)})"
+
+
+def recorded_number(desc: Any, what: str) -> int | float:
+    """The number an observation recorded: an ``int`` where the answer returned an integer
+    (JSON carries it exactly), else a float; the errors of :func:`number_from`."""
+    got = number_from(desc, what)
+    return desc["value"] if type(desc["value"]) is int else got
+
+
+def disagreement(
+    got: float, expected: Any, rtol: float, atol: float = 0.0, unit: str = ""
+) -> str | None:
+    """None when ``got`` agrees with ``expected``, else ``"expected E, got G (how compared)"``.
+
+    An ``int`` expected (a byte count, a block count, a step number) is compared exactly: only
+    the same integer agrees (or an integral float equal to it). Other numbers agree within
+    ``rtol`` of ``|expected|`` or ``atol``, as :func:`close`.
+    """
+    if type(expected) is int:  # not a bool
+        if got != expected:
+            return f"expected {expected}{unit}, got {got!r}{unit} (compared exactly: an integer)"
+    elif not close(float(got), float(expected), rtol, atol):
+        return (
+            f"expected {float(expected):.10g}{unit}, got {got:.10g}{unit} (allowed relative "
+            f"error {rtol:g})"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -252,12 +286,24 @@ def trajectory(
 def diagnose(
     got: list[Tensor], probe: Probe, decoupled: bool, candidates: Iterable[str]
 ) -> str | None:
-    """The name of the known mistake whose parameter trajectory matches ``got``, if one does."""
+    """The first of ``candidates`` (known mistakes) that this probe can tell apart and whose
+    parameter trajectory ``got`` matches, if one does.
+
+    A mistake is named only when its trajectory differs from the correct one by more than
+    1e-7 (relative, as :func:`first_mismatch` measures) and ``got`` is within 1e-7 of it and
+    closer to it than to the correct one: without weight decay, Adam's L2 penalty and AdamW's
+    decoupled decay are the same trajectory, and neither is named.
+    """
+
+    def distance(a: list[Tensor], b: list[Tensor]) -> float:  # over the steps of the shorter
+        errors = [relative_error(x, y).max().item() for x, y in zip(a, b, strict=False)]
+        return max(errors, default=0.0)
+
+    correct = [p for p, _, _ in trajectory(probe, decoupled)][: len(got)]
     for mistake in candidates:
         expected = [p for p, _, _ in trajectory(probe, decoupled, mistake)]
-        if len(expected) >= len(got) and all(
-            first_mismatch(g, e, 1e-7) is None for g, e in zip(got, expected, strict=False)
-        ):
+        near = distance(got, expected)
+        if distance(expected, correct) > 1e-7 and near <= 1e-7 and near < distance(got, correct):
             return mistake
     return None
 
@@ -296,13 +342,10 @@ def _field(obs: Any, key: str, kind: type | tuple[type, ...], what: str | None =
     if not isinstance(obs, dict) or key not in obs:
         raise malformed(f"{what or key} is missing")
     value = obs[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise malformed(f"{what or key} has the wrong type")
     return value
-
-
-def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
 
 
 def _list(obs: Any, key: str, max_len: int, what: str | None = None) -> list[Any]:

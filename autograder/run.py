@@ -1,14 +1,23 @@
 """Run one submission's cells in the sandbox and read back what its harness recorded.
 
 The host side of the sandbox: :func:`prepare` builds, once per batch, the read-only folder of
-the grader's files that run in the student's process (the harness and the observation side
+the grader's files that run in the sandbox (the harness, the kernel and the observation side
 of the checks) and the stub files bound over torch's Adam and AdamW; :func:`run_cells` runs
-one submission's cells there (``harness.py``) and parses its records, which are untrusted.
+one submission's cells there and parses the harness's records, which are untrusted.
+
+The grader's files and the student's never share a folder: the grader's are in the
+read-only folder :func:`prepare` makes, the run spec (the cells and the hidden tests' inputs)
+reaches the harness through its stdin, and the files handed in beside the notebook (at most
+``MAX_DATA_FILES``, and half the sandbox's disk) are copied into the sandbox's work directory
+only, a folder on no import path of the grader's (``harness.py`` and ``kernel.py`` say how).
+The C compilers are hidden in the sandbox (``COMPILER_DIRS``), so that an answer cannot
+build an extension that calls torch's fused Adam kernels by their C++ symbols.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import shutil
 import signal
@@ -27,8 +36,11 @@ SANDBOX_MODULES = ("__init__.py", "grading.py", "common.py", "observe.py", "dele
 #: torch's modules bound over by the files of autograder/stubs/ in the sandbox.
 STUBS = ("adam", "adamw")
 SANDBOX_HOME = "/home/student"
-#: Files handed in beside the notebook (data) that are copied into the sandbox, at most.
+#: Files handed in beside the notebook (data) that are copied into the sandbox, at most (the
+#: first ones by name); the others are left out, with a note.
 MAX_DATA_FILES = 100
+#: Where the C/C++ compilers' own programs live (cc1, cc1plus, llc, ...): hidden in the sandbox.
+COMPILER_DIRS = ("/usr/lib/gcc", "/usr/libexec/gcc", "/usr/lib/llvm-*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +50,14 @@ class Prepared:
 
 
 def prepare(target: Path) -> Prepared:
-    """The read-only folder the sandbox imports from, and the stub modules' binds."""
+    """The read-only folder the sandbox runs from, and the stub modules' binds."""
     import torch.optim
 
     (target / "autograder").mkdir(parents=True)
     for name in SANDBOX_MODULES:
         shutil.copy2(HERE / name, target / "autograder" / name)
-    shutil.copy2(HERE / "harness.py", target / "harness.py")
+    for name in ("harness.py", "kernel.py"):
+        shutil.copy2(HERE / name, target / name)
     optim = Path(torch.optim.__file__).resolve().parent
     binds = {str(optim / f"{module}.py"): HERE / "stubs" / f"{module}.py" for module in STUBS}
     for path in target.rglob("*"):
@@ -63,6 +76,37 @@ class Run:
     warning: str | None  # set when it ran without isolation
 
 
+def copy_data(data: Path, target: Path, limits: sandbox.Limits) -> list[str]:
+    """Copy the files beside the notebook in ``data`` (not notebooks, not links) to
+    ``target``: the first ``MAX_DATA_FILES`` by name, within half the sandbox's disk and the
+    file size limit. Notes on what was left out."""
+    files = sorted(
+        p for p in data.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".ipynb"
+    )
+    budget = limits.max_disk_bytes // 2
+    too_big = []
+    for path in files[:MAX_DATA_FILES]:
+        size = path.stat().st_size
+        if size <= min(limits.max_file_bytes, budget):
+            shutil.copy2(path, target / path.name)
+            budget -= size
+        else:
+            too_big.append(path.name)
+    notes = []
+    if len(files) > MAX_DATA_FILES:
+        notes.append(
+            f"{len(files) - MAX_DATA_FILES} of the {len(files)} files beside the notebook were "
+            f"not copied into the sandbox: it takes at most {MAX_DATA_FILES}"
+        )
+    if too_big:
+        names = ", ".join(too_big[:5]) + (f" and {len(too_big) - 5} more" if too_big[5:] else "")
+        notes.append(
+            f"{names} not copied into the sandbox: over its limits ({limits.max_file_bytes >> 20}"
+            f" MiB a file, {limits.max_disk_bytes // 2 >> 20} MiB in all)"
+        )
+    return notes
+
+
 def run_cells(
     cells: list[dict],
     labels: list[str],
@@ -76,36 +120,28 @@ def run_cells(
 ) -> Run:
     """Run ``cells`` (``{"kind": "code", "source"}``, ``{"kind": "test", "requests"}`` or
     ``{"kind": "skip"}``) with the files of the folder ``data`` beside them (not notebooks)."""
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
-        scratch = Path(tmp, "in")
-        scratch.mkdir()
+        inputs = Path(tmp, "in")
+        inputs.mkdir()
         Path(tmp).chmod(0o755)
-        (scratch / "run.json").write_text(json.dumps({"cells": cells}))
-        budget = limits.max_disk_bytes // 2
-        for extra in sorted(data.iterdir()):
-            if extra.is_file() and not extra.is_symlink() and extra.suffix != ".ipynb":
-                size = extra.stat().st_size
-                if size <= min(limits.max_file_bytes, budget):
-                    shutil.copy2(extra, scratch / extra.name)
-                    budget -= size
-                else:
-                    notes.append(f"{extra.name} was not copied: the files are over the limit")
-        scratch.chmod(0o755)
+        notes = copy_data(data, inputs, limits)
+        inputs.chmod(0o755)
+        pycache = Path(next(iter(prepared.binds))).parent / "__pycache__"
+        hide = [str(pycache)] + [d for p in COMPILER_DIRS for d in sorted(glob.glob(p))]
         result = sandbox.run_sandboxed(
-            ["python", "-I", str(prepared.lib / "harness.py"), str(scratch / "run.json"),
-             str(prepared.lib)],
-            scratch=scratch,
+            ["python", "-I", str(prepared.lib / "harness.py"), str(prepared.lib), str(inputs)],
+            scratch=inputs,
             readonly=[prepared.lib],
             limits=limits,
             env={"COURSE_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
             allow_unsafe=allow_unsafe,
             uid=uid,
             binds=prepared.binds,
-            hide=[str(Path(next(iter(prepared.binds))).parent / "__pycache__")],
+            hide=hide,
             workdir=SANDBOX_HOME,
             results=True,
-        )  # fmt: skip
+            stdin=json.dumps({"cells": cells}).encode(),
+        )
         records, ready, done = read_records(result.results, len(cells))
         ended = None
         if not done:

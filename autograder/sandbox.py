@@ -320,6 +320,7 @@ def run_sandboxed(
     hide: Sequence[str] = (),
     workdir: str | None = None,
     results: bool = False,
+    stdin: bytes | None = None,
 ) -> SandboxResult:
     """Run ``argv`` in a sandbox whose only writable directory is ``scratch``.
 
@@ -335,7 +336,9 @@ def run_sandboxed(
     is a fresh tmpfs of ``limits.max_disk_bytes`` at that path, and ``scratch`` is read-only
     (it carries the inputs): nothing the command writes reaches the host's disk. With
     ``results``, the command gets a pipe whose fd number is in ``GRADER_RESULTS_FD``; what it
-    writes there (up to ``limits.max_results_bytes``) is ``result.results``.
+    writes there (up to ``limits.max_results_bytes``) is ``result.results``. ``stdin`` is
+    written to the command's standard input, which is then closed (without it, stdin is
+    ``/dev/null``); a command that does not read it all is not waited for.
     """
     if isinstance(argv, (str, bytes)) or not argv:
         raise ValueError("argv must be a non-empty sequence of strings")
@@ -364,7 +367,7 @@ def run_sandboxed(
     try:
         return _run_sandboxed(
             argv, scratch=scratch, ro=ro, limits=limits, env=env, allow_unsafe=allow_unsafe,
-            uid=uid, binds=bind_map, hide=hide, workdir=workdir, res=res,
+            uid=uid, binds=bind_map, hide=hide, workdir=workdir, res=res, stdin=stdin,
         )  # fmt: skip
     finally:
         for fd in res:
@@ -385,6 +388,7 @@ def _run_sandboxed(
     hide: Sequence[str],
     workdir: str | None,
     res: list[int | None],
+    stdin: bytes | None,
 ) -> SandboxResult:
     full_env = _minimal_env(workdir or str(scratch), env)
     as_root = os.geteuid() == 0
@@ -419,6 +423,7 @@ def _run_sandboxed(
                 warning=None,
                 info=(info_r, info_w),
                 res=res,
+                stdin=stdin,
             )
         finally:
             os.close(info_r)
@@ -439,8 +444,9 @@ def _run_sandboxed(
     if binds or hide:
         warning += "; the stub modules and hidden folders were NOT put in place"
     return _run(
-        cmd, cwd=str(scratch), env=full_env, limits=limits, warning=warning, info=None, res=res
-    )
+        cmd, cwd=str(scratch), env=full_env, limits=limits, warning=warning, info=None, res=res,
+        stdin=stdin,
+    )  # fmt: skip
 
 
 def _run(
@@ -452,13 +458,14 @@ def _run(
     warning: str | None,
     info: tuple[int, int] | None,
     res: list[int | None] | None = None,
+    stdin: bytes | None = None,
 ) -> SandboxResult:
     res = res if res is not None else [None, None]
     start = time.monotonic()
     deadline = start + limits.wall_seconds
     proc = subprocess.Popen(
         cmd,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
@@ -484,10 +491,15 @@ def _run(
     truncated = res_truncated = timed_out = False
     killed_reason: str | None = None
     sel = selectors.DefaultSelector()
+    to_write = memoryview(stdin or b"")
+    in_fd = proc.stdin.fileno() if proc.stdin is not None else None
     try:
         for f in (proc.stdout, proc.stderr):
             os.set_blocking(f.fileno(), False)
             sel.register(f.fileno(), selectors.EVENT_READ)
+        if in_fd is not None:
+            os.set_blocking(in_fd, False)
+            sel.register(in_fd, selectors.EVENT_WRITE)
         if res_fd is not None:
             os.set_blocking(res_fd, False)
             sel.register(res_fd, selectors.EVENT_READ)
@@ -504,6 +516,17 @@ def _run(
             limit = drain_until if drain_until is not None else deadline
             for key, _ in sel.select(timeout=max(0.0, min(limit - now, 0.5))):
                 fd = key.fd
+                if fd == in_fd:
+                    try:
+                        to_write = to_write[os.write(fd, to_write[:65536]) :]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the command closed its stdin or is gone
+                        to_write = to_write[:0]
+                    if not to_write:
+                        sel.unregister(fd)
+                        proc.stdin.close()
+                    continue
                 try:
                     data = os.read(fd, 65536)
                 except BlockingIOError:
@@ -540,8 +563,9 @@ def _run(
         proc.wait()
         if init is not None:
             init.kill_and_wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
     rc = proc.returncode
     if killed_reason is None and rc < 0:
         killed_reason = f"killed by signal {signal.Signals(-rc).name}"

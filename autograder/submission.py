@@ -9,6 +9,7 @@ Assembly finds the student's cells as nbgrader does: by their ``grade_id``. Lock
 other code cell of the student's runs, in the student's order, after the locked or answer
 cell it followed. A missing answer cell is not replaced by the release's empty template, so
 an answer retyped into a new cell where the old one was runs as it would in Jupyter.
+At most :data:`MAX_EXTRA_CELLS` cells of the student's own run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from autograder.assignment import Assignment, SourceCell, cell_text, nbgrader_meta
 
 MAX_NOTEBOOK_BYTES = 20 << 20
-MAX_CELLS = 2000  # more code cells than any honest notebook; the rest are not run
+MAX_EXTRA_CELLS = 2000  # more cells of one's own than any honest notebook; the rest do not run
 
 
 @dataclasses.dataclass
@@ -118,12 +119,6 @@ def read_submission(folder: Path, assignment: Assignment) -> Submission:
         )
     if skipped:
         notes.append(f"{skipped} malformed cell(s) were ignored")
-    code = [i for i, c in enumerate(cells) if c.cell_type == "code"]
-    if len(code) > MAX_CELLS:
-        cells = cells[: code[MAX_CELLS]]
-        notes.append(
-            f"the notebook has {len(code)} code cells; only the first {MAX_CELLS} were run"
-        )
     return Submission(cells=cells, notes=notes, path=path)
 
 
@@ -132,8 +127,13 @@ def _norm(source: str) -> str:
 
 
 def _item(kind: str, source: str, origin: str, cell: SourceCell | None, label: str) -> dict:
-    return {"kind": kind, "source": source, "origin": origin,
-            "grade_id": cell.grade_id if cell else None, "label": label}  # fmt: skip
+    return {
+        "kind": kind,
+        "source": source,
+        "origin": origin,
+        "grade_id": cell.grade_id if cell else None,
+        "label": label,
+    }
 
 
 def assemble(assignment: Assignment, submission: Submission) -> tuple[list[dict], list[str]]:
@@ -151,14 +151,22 @@ def assemble(assignment: Assignment, submission: Submission) -> tuple[list[dict]
     by_id = {c.grade_id: c for c in cells if c.grade_id}
     by_text = {_norm(c.release): c for c in cells if c.role in ("locked", "test") and c.release}
     solutions = [c.index for c in cells if c.role == "solution"]
-    setup_end = max((c.index for c in cells if c.role == "locked" and c.index < min(solutions,
-                     default=len(cells))), default=-1)  # fmt: skip
+    setup_end = max(
+        (
+            c.index
+            for c in cells
+            if c.role == "locked" and c.index < min(solutions, default=len(cells))
+        ),
+        default=-1,
+    )
     placed: dict[int, list[dict]] = {}  # source index -> items that run there, in order
     seen: dict[str, int] = {}
     position = setup_end
     extra = 0
+    by_metadata = False
     for cell in submission.cells:
         known = by_id.get(cell.grade_id) if cell.grade_id else None
+        by_metadata |= known is not None
         if known is None and cell.cell_type == "code":
             known = by_text.get(_norm(cell.source))
         if known is not None and known.role != "markdown":
@@ -170,24 +178,30 @@ def assemble(assignment: Assignment, submission: Submission) -> tuple[list[dict]
                     item = _item("code", cell.source, "student", known, label)
                     placed.setdefault(position, []).insert(0, item)
                     continue
-                notes.append(f"the answer cell {known.grade_id!r} appears more than once; the "
-                             "copies ran after the first one")  # fmt: skip
+                notes.append(
+                    f"the answer cell {known.grade_id!r} appears more than once; the "
+                    "copies ran after the first one"
+                )
             elif known.role != "solution":
                 if seen[known.grade_id] == 1 and _norm(cell.source) != _norm(known.release):
                     notes.append(
                         f"the locked cell {known.grade_id!r} was edited; the original was used"
                     )
                 elif seen[known.grade_id] == 2:
-                    notes.append(f"the locked cell {known.grade_id!r} was duplicated; it ran "
-                                 "once, as given")  # fmt: skip
+                    notes.append(
+                        f"the locked cell {known.grade_id!r} was duplicated; it ran once, as given"
+                    )
                 continue
         if cell.cell_type != "code" or not cell.source.strip():
             continue
         extra += 1
-        label = f"your extra cell {extra}"
-        placed.setdefault(position, []).append(_item("code", cell.source, "student", None, label))
+        if extra <= MAX_EXTRA_CELLS:
+            label = f"your extra cell {extra}"
+            item = _item("code", cell.source, "student", None, label)
+            placed.setdefault(position, []).append(item)
+    if extra > MAX_EXTRA_CELLS:
+        notes.append(f"only the first {MAX_EXTRA_CELLS} of your {extra} extra code cells ran")
 
-    recognised = bool(seen)
     items: list[dict] = []
     items.extend(placed.get(-1, []))
     for cell in cells:
@@ -199,17 +213,18 @@ def assemble(assignment: Assignment, submission: Submission) -> tuple[list[dict]
             )
         elif cell.role == "test":
             items.append(_item("test", cell.release, "course", cell, f"the test {cell.grade_id!r}"))
-        elif cell.grade_id not in seen and recognised:
+        elif cell.grade_id not in seen and by_metadata:
             notes.append(
                 f"no cell carries the metadata of the answer cell {cell.grade_id!r}: your "
-                "notebook's cells ran in their order"
+                "cells ran in their order"
             )
-        if recognised and cell.role in ("locked", "test") and cell.grade_id not in seen:
+        if by_metadata and cell.role in ("locked", "test") and cell.grade_id not in seen:
             notes.append(f"the locked cell {cell.grade_id!r} was deleted; the original was used")
         items.extend(placed.get(cell.index, []))
-    if not recognised and extra:
+    if not by_metadata and extra:
         notes.append(
             "no cell carries the assignment's metadata (was it copied into a new notebook?); "
-            "all code cells ran in their order, after the setup cells"
+            "your cells ran in their order, the course's cells where their text was found "
+            "(after the setup cells otherwise)"
         )
     return items, notes

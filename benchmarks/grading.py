@@ -1,12 +1,12 @@
-"""Grading throughput: plain ``nbgrader autograde`` against the sandboxed ``grade.py``.
+"""Grading throughput: plain ``nbgrader autograde`` against the sandboxed ``course-grade``.
 
 The same submissions (by default 20 of the ``adamw`` assignment: correct ones and wrong ones,
 as a class hands them in) are graded three ways in one scratch course, one after the other,
 ``--rounds`` times in rotating order:
 
 - ``nbgrader``: plain sequential ``nbgrader autograde`` (no sandbox, one kernel per notebook);
-- ``sandbox_1``: ``autograder/grade.py --workers 1``;
-- ``sandbox_2``: ``autograder/grade.py --workers 2``.
+- ``sandbox_1``: ``course-grade --workers 1``;
+- ``sandbox_2``: ``course-grade --workers 2``.
 
 Each way starts from an empty gradebook row (``--force``) and its wall time covers the whole
 command, start-up and CSV export included. The JSON (``benchmarks/results/grading_cpu.json``)

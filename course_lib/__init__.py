@@ -15,7 +15,6 @@ One module per idea the chapters teach:
   data-parallel training.
 - :mod:`course_lib.param_groups`, :mod:`course_lib.memory`: weight-decay groups and
   optimizer memory.
-- :mod:`course_lib.grading`: the checks behind the autograded exercises.
 - :mod:`course_lib.data`, :mod:`course_lib.models`, :mod:`course_lib.transformer`,
   :mod:`course_lib.train`: small problems, small models and a training loop.
 - :mod:`course_lib.plotting`: the course's figure style.

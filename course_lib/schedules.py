@@ -515,8 +515,11 @@ def wsd_schedule(
 
     The cooldown is the last ``D = round(cooldown_fraction * T)`` updates (Python's
     ``round``: nearest integer, ties to even), ``s = T - D .. T - 1``; every one of them is
-    below the peak and the last is ``min_lr``. With
-    ``p = (s - (T - D - 1)) / D`` its shape is ``1 - p`` (``"linear"``),
+    below the peak and the last is ``min_lr``. ``D`` counts the updates below the peak, as
+    ``W`` counts the warmup's and ``num_decay_steps`` the cooldown's in ``transformers``: a
+    cooldown whose first update were still at the peak would lower only ``D - 1`` updates (and
+    ``D = 1`` would be the same schedule as ``D = 2``). So the line leaves the peak at
+    ``s = T - D - 1``: with ``p = (s - (T - D - 1)) / D`` its shape is ``1 - p`` (``"linear"``),
     ``(1 + cos(pi p)) / 2`` (``"cosine"``) or ``1 - sqrt(p)`` (``"1-sqrt"``, Hägele et al.
     2024), scaled between ``min_lr`` and ``peak_lr``. ``lr(0) = warmup_start_lr``,
     ``lr(s) = peak_lr`` for ``W <= s < T - D``, ``lr(T - 1) = min_lr`` and ``min_lr`` after

@@ -33,16 +33,18 @@ DEVICES = [
 ]
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """One line for the sandbox tests that did not run, with the reason and the fix."""
-    skipped = terminalreporter.stats.get("skipped", [])
-    reasons = {}
-    for report in skipped:
+def pytest_unconfigure(config):
+    """The run's last line, when sandbox tests were skipped: how many, why, and the fix."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    reasons: dict[str, int] = {}
+    for report in reporter.stats.get("skipped", []):
         reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
         if "bubblewrap" in reason or "sandbox" in reason:
             reasons[reason] = reasons.get(reason, 0) + 1
     for reason, count in reasons.items():
-        terminalreporter.write_line(
+        reporter.write_line(
             f"{count} sandbox test(s) SKIPPED: {reason.removeprefix('Skipped: ')}. "
             "Install it with: sudo apt-get install bubblewrap (make setup does this as root)",
             yellow=True,

@@ -17,10 +17,13 @@ from course_lib import distributed
 from course_lib.distributed import DDPConfig, launch_local
 from course_lib.train import train
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="this torch build has no torch.distributed with gloo",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="this torch build has no torch.distributed with gloo",
+    ),
+]
 
 TIMEOUT = 240
 CONFIG = DDPConfig(batch_size=8, steps=12, lr=1e-3, optimizer="adam", warmup_steps=4,

@@ -9,6 +9,7 @@ release, realistic wrong answers), then ``nbgrader autograde``, ``export`` and
 
 from __future__ import annotations
 
+import ast
 import csv
 import html
 import json
@@ -171,6 +172,25 @@ def _adamw_recipes() -> dict[str, Recipe]:
             },
             {**zero, "test_adamw_constructor": 1, "test_adamw_state_and_closure": 1},
         ),
+        # exp_avg and exp_avg_sq kept in float32 for float64 parameters: a rounding error
+        # no known mistake explains (on the probe without weight decay, Adam's L2 penalty
+        # gives the same trajectory as decoupled decay, so it must not be named).
+        "float32_state": (
+            lambda c: {
+                "adamw": edited(
+                    c["adamw"].source,
+                    (
+                        'state["exp_avg"] = torch.zeros_like(p)',
+                        'state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)',
+                    ),
+                    (
+                        'state["exp_avg_sq"] = torch.zeros_like(p)',
+                        'state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)',
+                    ),
+                )
+            },
+            {**zero, "test_adamw_constructor": 1},
+        ),
         "subclass_torch": (
             lambda c: {
                 "adamw": "class AdamW(torch.optim.AdamW):\n    pass\n",
@@ -206,17 +226,23 @@ def _schedules_recipes() -> dict[str, Recipe]:
     return {
         "solution": ("solution", full),
         "untouched": ("release", dict.fromkeys(full, 0)),
-        # Warmup one step ahead (lr(0) > 0), and a cosine that ends at total_steps.
+        # Warmup one step ahead (lr(0) > 0), and a cosine that ends at num_training_steps.
         "off_by_one": (
             lambda c: {
                 "linear_warmup": edited(
                     c["linear_warmup"].source,
-                    ("peak_lr * step / warmup_steps", "peak_lr * (step + 1) / warmup_steps"),
+                    (
+                        "peak_lr * step / num_warmup_steps",
+                        "peak_lr * (step + 1) / num_warmup_steps",
+                    ),
                 ),
                 "warmup_cosine": edited(
                     c["warmup_cosine"].source,
-                    ("if step >= total_steps - 1:", "if step >= total_steps:"),
-                    ("(total_steps - 1 - warmup_steps)", "(total_steps - warmup_steps)"),
+                    ("if step >= num_training_steps - 1:", "if step >= num_training_steps:"),
+                    (
+                        "(num_training_steps - 1 - num_warmup_steps)",
+                        "(num_training_steps - num_warmup_steps)",
+                    ),
                 ),
             },
             {**full, "test_linear_warmup": 0, "test_warmup_cosine": 0},
@@ -237,7 +263,10 @@ def _schedules_recipes() -> dict[str, Recipe]:
             lambda c: {
                 "inverse_sqrt": edited(
                     c["inverse_sqrt"].source,
-                    ("math.sqrt(warmup_steps / step)", "math.sqrt(warmup_steps / (step + 1))"),
+                    (
+                        "math.sqrt(num_warmup_steps / step)",
+                        "math.sqrt(num_warmup_steps / (step + 1))",
+                    ),
                 )
             },
             {**full, "test_inverse_sqrt": 0},
@@ -248,8 +277,9 @@ def _schedules_recipes() -> dict[str, Recipe]:
                 "warmup_stable_decay": edited(
                     c["warmup_stable_decay"].source,
                     (
-                        "cooldown_start = total_steps - round(cooldown_fraction * total_steps)",
-                        "cooldown_start = round(cooldown_fraction * total_steps)",
+                        "cooldown_start = num_training_steps"
+                        " - round(cooldown_fraction * num_training_steps)",
+                        "cooldown_start = round(cooldown_fraction * num_training_steps)",
                     ),
                 )
             },
@@ -319,6 +349,17 @@ def _checkpoints_recipes() -> dict[str, Recipe]:
         # Mixed precision counted without the fp32 master weights.
         "no_master_weights": (
             lambda c: {"memory": edited(c["memory"].source, ("4 * n + 8 * n", "8 * n"))},
+            {**full, "test_training_memory": 0},
+        ),
+        # The 8-bit state's blocks counted with floor: 8 bytes short on 4.2e10, inside a
+        # relative 1e-9, and still a wrong byte count (integers are compared exactly).
+        "floor_blocks": (
+            lambda c: {
+                "memory": edited(
+                    c["memory"].source,
+                    ("math.ceil(n / block_size)", "math.floor(n / block_size)"),
+                )
+            },
             {**full, "test_training_memory": 0},
         ),
     }
@@ -440,6 +481,7 @@ def test_every_assignment_has_its_notebook():
         )
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_committed_exercises_are_what_nbgrader_generates(course):
     """What `make exercises` would write equals what is committed (the --check logic)."""
     diffs = []
@@ -450,6 +492,7 @@ def test_committed_exercises_are_what_nbgrader_generates(course):
     assert not diffs, "exercises/ is out of date, run `make exercises`:\n" + "\n".join(diffs)
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_a_stale_release_is_detected(course, tmp_path):
     # A hand edit in a copy of the committed release is reported, and so is a release
     # folder whose source is gone.
@@ -523,6 +566,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 @pytest.mark.parametrize(("assignment", "student"), CASES)
 def test_autograded_scores(course, assignment, student):
     expected = RECIPES[assignment][student][1]
@@ -553,6 +597,7 @@ def error_text(course: Course, assignment: str, student: str, grade_id: str) -> 
     return "\n".join(o.evalue for o in cell.outputs if o.output_type == "error")
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_solutions_pass_with_no_stderr(course):
     """Full marks, and not one line on stderr that nbgrader could take for a failure."""
     for assignment in ASSIGNMENTS:
@@ -566,17 +611,25 @@ def test_solutions_pass_with_no_stderr(course):
         assert not noisy, f"{assignment}: cells writing to stderr: {noisy}"
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_messages_name_the_mistake(course):
     message = error_text(course, "adam", "no_bias_correction", "test_adam_update_first_steps")
     assert "without bias correction" in message and "1 - 0.8**" in message, message
     message = error_text(course, "adamw", "coupled_decay", "test_adamw_first_steps")
     assert "added to the gradient" in message and "decouples" in message, message
+    message = error_text(course, "adamw", "float32_state", "test_adamw_first_steps")
+    assert "weight_decay=0.0" in message and "after step 1 the parameter is wrong" in message
+    assert "Likely mistake" not in message, message
     message = error_text(course, "schedules", "off_by_one", "test_linear_warmup")
-    assert "linear_warmup(0, peak_lr=0.0003, warmup_steps=2000): expected 0" in message, message
+    expected = "linear_warmup(0, peak_lr=0.0003, num_warmup_steps=2000): expected 0"
+    assert expected in message, message
     message = error_text(course, "schedules", "off_by_one", "test_warmup_cosine")
-    assert "runs over s = warmup_steps .. total_steps - 1" in message, message
+    assert "runs over s = num_warmup_steps .. num_training_steps - 1" in message, message
+    message = error_text(course, "checkpoints", "floor_blocks", "test_training_memory")
+    assert "compared exactly" in message and "ceil(n_params / block_size)" in message, message
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_delegation_scores_zero_with_the_reason(course):
     message = error_text(course, "adamw", "subclass_torch", "test_adamw_matches_torch")
     assert "inherits from torch.optim.adamw.AdamW" in message, message
@@ -584,6 +637,7 @@ def test_delegation_scores_zero_with_the_reason(course):
     assert "delegates to the reference" in message and "torch/optim/adam.py" in message, message
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_wrong_answers_that_pass_the_visible_checks_fail_the_hidden_ones(course):
     # A number typed in for the question fails the visible property check already ...
     message = error_text(course, "checkpoints", "hard_coded", "test_effective_lr")
@@ -596,6 +650,7 @@ def test_wrong_answers_that_pass_the_visible_checks_fail_the_hidden_ones(course)
     assert "the order is not right" in message, message
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 def test_export_lists_every_submission(course):
     rows = course.grades_csv()
     by_key = {(row["assignment"], row["student_id"]): float(row["score"]) for row in rows}
@@ -606,6 +661,7 @@ def test_export_lists_every_submission(course):
             )
 
 
+@pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_feedback_shows_no_hidden_test(course, assignment):
     source = read_notebook(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
@@ -631,6 +687,29 @@ def test_feedback_shows_no_hidden_test(course, assignment):
 # ---------------------------------------------------------------------------------------
 # The checks' machinery, in process (fast): warnings, stderr, kernels called by name.
 # ---------------------------------------------------------------------------------------
+
+
+def test_the_librarys_schedules_pass_the_schedules_exercise(monkeypatch):
+    """The schedules the exercise asks for are those the book shows from course_lib.schedules:
+    the same names, keyword arguments and step convention. Bound by name to the library's own
+    functions, every test cell passes, hidden tests included. (The functions run from a copy
+    of the module's source, so that the checks do not refuse them as calls to course_lib.)"""
+    from course_lib import schedules
+
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    library = {"__name__": "course_lib_schedules_copy"}
+    source = Path(schedules.__file__).read_text(encoding="utf-8")
+    exec(compile(source, "<copy of course_lib/schedules.py>", "exec"), library)
+    namespace: dict = {}
+    for cell in read_notebook(ROOT / "solutions" / "schedules" / "schedules.ipynb").cells:
+        if cell.cell_type != "code":
+            continue
+        if not cell.metadata["nbgrader"]["solution"]:
+            exec(compile(cell.source, cell.metadata["nbgrader"]["grade_id"], "exec"), namespace)
+            continue
+        for node in ast.parse(answer(cell.source)).body:
+            assert node.name in schedules.__all__, f"course_lib.schedules has no {node.name}"
+            namespace[node.name] = library[node.name]
 
 
 def test_a_warning_or_stderr_output_costs_nothing(capfd):

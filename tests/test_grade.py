@@ -1,4 +1,4 @@
-"""The sandboxed batch grader (``autograder/grade.py``) against an adversarial corpus.
+"""The sandboxed batch grader (``course-grade``, ``autograder/grade.py``) against an adversarial corpus.
 
 One scratch course, one batch: a correct submission and every hostile or broken one the
 threat model names, graded together by ``grade.py`` with 2 workers, the way an instructor runs
@@ -33,7 +33,10 @@ from autograder import grade, make_exercises, sandbox  # noqa: E402
 from autograder.gradebook import MARKER_NAME  # noqa: E402
 
 BWRAP_OK, BWRAP_REASON = sandbox.bwrap_status()
-pytestmark = pytest.mark.skipif(not BWRAP_OK, reason=f"no bubblewrap sandbox: {BWRAP_REASON}")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not BWRAP_OK, reason=f"no bubblewrap sandbox: {BWRAP_REASON}"),
+]
 
 SECRET = "grader-secret-7f3a9c"  # in the grader's environment; must never reach a student
 TIMEOUT = 25  # seconds per submission in these runs (hangs cost this much)
@@ -225,6 +228,32 @@ def corpus(root: Path, port: int) -> dict[str, tuple[object, float, list[str]]]:
             edited(lambda b: [c.metadata.pop("nbgrader", None) for c in b.cells]),
             full,
             ["no cell carries the assignment's metadata"],
+        ),
+        # The answer cell deleted and the same code typed into a new cell in its place, as a
+        # student does in Jupyter: nbgrader runs it, and so does this grader.
+        "retyped_answer": (
+            edited(
+                lambda b: b.cells.__setitem__(
+                    b.cells.index(answer_cell(b)), nbformat.v4.new_code_cell(answer_cell(b).source)
+                )
+            ),
+            full,
+            ["no cell carries the metadata of the answer cell 'adamw'"],
+        ),
+        # 40,000 cells: the first 2,000 extra cells run, the feedback shows 200, bounded.
+        "forty_thousand_cells": (
+            edited(
+                lambda b: b.cells.extend(nbformat.v4.new_code_cell("x = 1") for _ in range(40_000))
+            ),
+            full,
+            ["only the first 2000 of your 40000 extra code cells ran", "are not shown here"],
+        ),
+        # About 200 kB of nested JSON: Python's parser gives up (RecursionError), the
+        # submission is not graded and says why, and the batch goes on.
+        "deeply_nested_json": (
+            b'{"cells": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            0.0,
+            ["nested too deeply"],
         ),
         "future_metadata": (
             edited(
@@ -438,7 +467,9 @@ def test_every_submission_gets_its_expected_score(graded):
                                      "ipython_hooks",
                                      "prints_a_gigabyte", "huge_file", "opens_network",
                                      "reads_solutions_and_gradebook", "deleted_tests",
-                                     "nbformat3", "fork_bomb", "kills_its_kernel"])  # fmt: skip
+                                     "nbformat3", "fork_bomb", "kills_its_kernel",
+                                     "retyped_answer", "forty_thousand_cells",
+                                     "deeply_nested_json"])  # fmt: skip
 def test_feedback_gives_the_reason(graded, student):
     report = json.loads(_report(graded["root"], student))
     text = json.dumps(report)
@@ -522,11 +553,11 @@ def test_killed_halfway_and_rerun_grades_everything_once(tmp_path):
     # it started (workers, sandboxes) to be gone, by their pidfds, not by sleeping.
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     finished = 0
-    for line in proc.stderr:
-        finished += bool(re.search(r"\b\d+/6\b", line))
-        if finished == 2:
+    for line in proc.stderr:  # tqdm's lines: "... 2/6 [...]"
+        finished = max([finished, *map(int, re.findall(r"\b(\d+)/6\b", line))])
+        if finished >= 2:
             break
-    assert finished == 2, "the grader ended before it could be killed"
+    assert finished >= 2, "the grader ended before it could be killed"
     family = [proc.pid, *_descendants(proc.pid)]
     pidfds = [fd for fd in map(_pidfd, family) if fd is not None]
     proc.send_signal(signal.SIGKILL)

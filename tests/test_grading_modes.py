@@ -13,8 +13,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
+import functools
 import io
 import json
+import math
 import random
 import subprocess
 import sys
@@ -24,8 +26,10 @@ from typing import Any
 
 import nbformat
 import pytest
+import torch
 
 from autograder import common, grading, observe, run
+from autograder.assignment import host_tests, load_assignment
 from autograder.delegation import static_reasons_from_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +101,8 @@ def refs(assignment: str, sources: list[str] | None = None) -> dict[str, grading
 
 
 def plan(assignment: str) -> dict[str, list[dict[str, Any]]]:
-    """Each test cell's requests, as the grader plans them (``assignment.load_assignment``)."""
-    return assignment.load_assignment(ROOT, assignment).plans
+    """Each test cell's requests, as the grader plans them (:func:`load_assignment`)."""
+    return load_assignment(ROOT, assignment).plans
 
 
 def answers(assignment: str, edits: dict[str, str] | None = None) -> dict[str, Any]:
@@ -129,10 +133,10 @@ def observations(requests: list[dict[str, Any]], namespace: dict[str, Any]) -> l
 def judge_cell(
     assignment: str, grade_id: str, entries: list[dict[str, Any]], sources: list[str] | None = None
 ) -> str | None:
-    """Run the test cell in judge mode as the grader does (``assignment.host_tests``: the locked
+    """Run the test cell in judge mode as the grader does (:func:`host_tests`: the locked
     cells before it run, the answers are placeholders); its failure message or None."""
-    loaded = assignment.load_assignment(ROOT, assignment)
-    walk = assignment.host_tests(
+    loaded = load_assignment(ROOT, assignment)
+    walk = host_tests(
         assignment, loaded.cells, loaded.answers, lambda n: grading.AnswerRef(n, sources or [])
     )
     for _, cell, namespace in walk:
@@ -301,11 +305,14 @@ WRONG = [
         edited(
             "schedules",
             "warmup_cosine",
-            ("if step >= total_steps - 1:", "if step >= total_steps:"),
-            ("(total_steps - 1 - warmup_steps)", "(total_steps - warmup_steps)"),
+            ("if step >= num_training_steps - 1:", "if step >= num_training_steps:"),
+            (
+                "(num_training_steps - 1 - num_warmup_steps)",
+                "(num_training_steps - num_warmup_steps)",
+            ),
         ),
         "test_warmup_cosine",
-        "runs over s = warmup_steps .. total_steps - 1",
+        "runs over s = num_warmup_steps .. num_training_steps - 1",
         id="schedules-cosine-one-step-late",
     ),
     pytest.param(
@@ -696,9 +703,15 @@ def test_generic_checks_messages():
             grading.check_dict_values(
                 memory, "memory", [((5,), {"bad": bad}, {}, "")], keys=keys, total="total"
             )
-    with raises(GradingError, match=r"^memory\(5\)\['b'\]: expected 11, got 10\. b hint$"):
+    exactly = r"\(compared exactly: an integer\)"
+    with raises(
+        GradingError, match=rf"^memory\(5\)\['b'\]: expected 11, got 10 {exactly}\. b hint$"
+    ):
         grading.check_dict_values(memory, "memory", [((5,), {}, {"b": 11}, "b hint")], keys=keys)
-    with raises(GradingError, match=r"^memory\(2\)\['total'\]: expected 7 bytes, got 6\. t$"):
+    with raises(
+        GradingError,
+        match=rf"^memory\(2\)\['total'\]: expected 7 bytes, got 6 bytes {exactly}\. t$",
+    ):
         grading.check_dict_against_reference(
             memory,
             lambda n: {"a": n, "b": 2 * n, "total": 3 * n + 1},
@@ -708,6 +721,78 @@ def test_generic_checks_messages():
             unit=" bytes",
             hints=lambda key, n: key[0],
         )
+
+
+def test_integers_are_compared_exactly():
+    """Byte counts, block counts and step numbers: an 8-byte error on 4e10 bytes is well
+    inside a relative 1e-9, and still wrong. An integral float equal to the integer passes."""
+    raises, GradingError = pytest.raises, grading.GradingError
+    assert common.round_trip(observe._number(40_000_000_008))["value"] == 40_000_000_008
+    assert type(common.round_trip(observe._number(torch.tensor(7)))["value"]) is int
+    assert type(common.round_trip(observe._number(7.0))["value"]) is float
+
+    def blocks(n, block_size, rounding=math.ceil):
+        return {
+            "scales": 8 * rounding(n / block_size),
+            "total": 6 * n + 8 * rounding(n / block_size),
+        }
+
+    cases = [((7 * 10**9, 2048), {})]
+    keys = ("scales", "total")
+    grading.check_dict_against_reference(blocks, blocks, "blocks", cases, keys=keys)
+    floor = functools.partial(blocks, rounding=math.floor)
+    with raises(
+        GradingError,
+        match=r"\['scales'\]: expected 27343752, got 27343744 \(compared exactly: an integer\)",
+    ):
+        grading.check_dict_against_reference(floor, blocks, "blocks", cases, keys=keys)
+    grading.check_values(lambda n: 4e10, "bytes", [((1,), {}, 40_000_000_000, "")])
+    with raises(GradingError, match=r"expected 40000000000, got 40000000008 \(compared exactly"):
+        grading.check_values(lambda n: 40_000_000_008, "bytes", [((1,), {}, 40_000_000_000, "")])
+    with raises(GradingError, match=r"^steps = 3\.5: expected 3, got 3\.5 \(compared exactly"):
+        grading.check_number(3.5, "steps", 3)
+    grading.check_number(3.0, "steps", 3)
+    grading.check_number(0.1 + 1e-12, "rate", 0.1, rtol=1e-6)  # a float keeps its tolerance
+
+
+class Float32StateAdamW(torch.optim.Optimizer):
+    """AdamW that keeps exp_avg and exp_avg_sq in float32 whatever the parameter's dtype."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                p.mul_(1 - lr * group["weight_decay"])
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (v / (1 - beta2**t)).sqrt().add_(group["eps"])
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+
+def test_a_mistake_is_named_only_where_the_probe_tells_it_apart():
+    """Float32 state rounds the trajectory by about 1e-8: within the diagnosis tolerance of
+    Adam's L2 penalty too on the probe without weight decay, where the L2 penalty and
+    decoupled decay give the same trajectory. No mistake is named; the message says what
+    differs."""
+    with pytest.raises(grading.GradingError) as failed:
+        grading.check_adamw_first_steps(Float32StateAdamW, device="cpu")
+    message = str(failed.value)
+    assert "weight_decay=0.0" in message and "after step 1 the parameter is wrong" in message
+    assert "element" in message and "expected" in message and "got" in message, message
+    assert "Likely mistake" not in message, message
 
 
 def test_inputs_are_deterministic_and_the_device_can_be_forced(monkeypatch):

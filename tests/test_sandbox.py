@@ -9,6 +9,7 @@ reason, where it cannot start a sandbox.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -367,3 +368,20 @@ os.write(fd, b"z" * 5000)
     assert r.results.startswith(b'{"ok": 1}\n') and len(r.results) == 1000
     assert r.results_truncated and not r.truncated
     assert r.stdout == b"to stdout\n"
+
+
+@pytest.mark.parametrize("isolated", [pytest.param(True, marks=needs_bwrap), False])
+def test_stdin_is_written_then_closed(scratch, uid, monkeypatch, isolated):
+    if not isolated:
+        monkeypatch.setattr(sandbox, "bwrap_status", lambda: (False, "bwrap missing (test)"))
+    data = os.urandom(3 * sandbox.MiB)  # more than a pipe holds
+    code = "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
+    r = run_py(code, scratch, uid, stdin=data, allow_unsafe=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
+    assert (r.warning is None) == isolated
+    # A command that does not read it is not waited for; without stdin, it reads /dev/null.
+    r = run_py("print('ignored')", scratch, uid, stdin=data, allow_unsafe=True)
+    assert r.stdout == b"ignored\n" and not r.timed_out and r.wall_seconds < 10
+    r = run_py("import sys; print(repr(sys.stdin.read()))", scratch, uid, allow_unsafe=True)
+    assert r.stdout == b"''\n"

@@ -268,6 +268,24 @@ def test_schedules_pickle(name):
     assert [restored(s) for s in expected] == [schedule(s) for s in expected]
 
 
+@pytest.mark.parametrize("cooldown_steps", [1, 2, 3, 7])
+def test_wsd_cooldown_counts_the_updates_below_the_peak(cooldown_steps):
+    # D = round(cooldown_fraction * T) updates are lowered, s = T - D .. T - 1, as W counts
+    # the warmup's: a line that left the peak at T - D would lower only D - 1 (D = 1 and 2
+    # the same schedule). The schedules exercise follows this convention.
+    lr = partial(
+        S.wsd_schedule,
+        peak_lr=1.0,
+        num_warmup_steps=1,
+        num_training_steps=10,
+        cooldown_fraction=cooldown_steps / 10,
+    )
+    rates = [lr(s) for s in range(10)]
+    assert rates[1 : 10 - cooldown_steps] == [1.0] * (9 - cooldown_steps), rates
+    assert all(rate < 1.0 for rate in rates[10 - cooldown_steps :]), rates
+    assert rates[-1] == 0.0 and rates[-2] == pytest.approx(1 / cooldown_steps), rates
+
+
 def test_transformer_is_inverse_sqrt_one_update_earlier():
     d_model, warmup = 512, 4000
     paper = partial(S.transformer_schedule, d_model=d_model, num_warmup_steps=warmup)

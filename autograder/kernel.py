@@ -1,0 +1,180 @@
+"""The student's process in the grading sandbox (started by ``harness.py``; never by hand).
+
+It runs the cells the harness asks for in one IPython shell (so ``sys.exit()`` behaves as in
+Jupyter), and at a test cell only *observes* the answers (``autograder.observe.observe``).
+Once a cell has run, the student's code may have changed anything in this process, this
+file included: its answers are the testimony of the student's process (``harness.py`` says
+what the grader takes from them). Before any student code runs it
+- puts the grader's read-only folder first on ``sys.path`` and imports all it needs, so no
+  file in the work directory (its cwd) shadows a grader's module; the work directory is
+  then appended to ``sys.path``, so that cells can import from it as in Jupyter;
+- makes torch's fused Adam kernels raise (below);
+- starts IPython with its history off and its folder in ``/tmp``, where the files handed in
+  (in the work directory, at most half its size) are not;
+- ignores SIGXFSZ (a file over the size limit fails that write, not the run), runs torch on
+  one thread, and caps what each cell may print (the rest is counted and dropped).
+
+**The fused kernels.** Every operator whose name contains ``fused_adam``
+(``torch._fused_adamw_``, ``torch.ops.aten._fused_adam_.default``, ...) gets raising CPU and
+CompositeExplicitAutograd kernels through a ``torch._C._dispatch_library`` object kept alive
+by one leaked reference and no Python name or container: nothing the student's code can
+reach (``gc`` included) undoes them, and they raise in every thread, profiler or not. What
+remains: code that writes this process's memory (``ctypes``, ``/proc/self/mem``) or calls
+libtorch's kernel symbols by hand through ``ctypes``; the sandbox hides the C compilers
+(``run.COMPILER_DIRS``), so such code must bring its own machine code.
+
+Usage (by the harness): ``python -I kernel.py LIB_DIR REQUESTS_FD ANSWERS_FD``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+
+CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream
+
+
+class _Capped(io.TextIOBase):
+    """A text stream that keeps the first ``cap`` characters and counts the rest."""
+
+    def __init__(self, cap: int = CELL_OUTPUT_CAP) -> None:
+        self.parts: list[str] = []
+        self.room = cap
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        text = text if isinstance(text, str) else str(text)
+        if self.room:
+            self.parts.append(text[: self.room])
+        self.dropped += max(0, len(text) - self.room)
+        self.room = max(0, self.room - len(text))
+        return len(text)
+
+    def value(self) -> str:
+        dropped = f"\n[... {self.dropped} more characters of output were dropped]"
+        return "".join(self.parts) + (dropped if self.dropped else "")
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise RuntimeError(
+        "torch's fused Adam/AdamW kernels are not available while grading: write the update "
+        "with tensor operations"
+    )
+
+
+def block_fused_adam() -> None:
+    """Register ``_refuse`` for every fused Adam operator, out of the student's reach."""
+    import ctypes
+
+    import torch
+
+    module = torch._C._dispatch_library("IMPL", "aten", "")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # torch warns about each override, in C++
+    try:
+        for name in torch._C._dispatch_get_all_op_names():
+            if "fused_adam" in name:
+                for key in ("CPU", "CompositeExplicitAutograd"):
+                    try:
+                        module.impl(name.split("::", 1)[1], key, _refuse)
+                    except RuntimeError:  # an overload without a kernel for this key
+                        continue
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    # The registrations last as long as `module`: one reference that no Python object holds.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(module))
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+
+
+def run_code(shell, source: str) -> dict:
+    out, err = _Capped(), _Capped()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    error = None
+    try:
+        result = shell.run_cell(source, store_history=True)
+        failure = result.error_before_exec or result.error_in_exec
+        if failure is not None:
+            error = _error_text(failure)
+    except BaseException as exc:
+        error = _error_text(exc)
+    finally:
+        sys.stdout, sys.stderr = saved
+    return {"stdout": out.value(), "stderr": err.value(), "error": error}
+
+
+def observe_test(shell, observe, requests: list[dict]) -> dict:
+    entries = []
+    for request in requests:
+        name = request["answer"]
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = _Capped()
+        try:
+            if name not in shell.user_ns:
+                entries.append({"failed": f"NameError: name {name!r} is not defined"})
+            else:
+                obs = observe(request["observer"], shell.user_ns[name], request["inputs"])
+                entries.append({"obs": json.loads(json.dumps(obs, allow_nan=True))})
+        except BaseException as exc:
+            entries.append({"failed": f"observing {name} failed: {_error_text(exc)}"})
+        finally:
+            sys.stdout, sys.stderr = saved
+    return {"entries": entries}
+
+
+def main() -> None:
+    lib, requests, answers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # The grader's folder first; the editable install's finder points at the course folder,
+    # which is not in the sandbox anyway.
+    sys.path.insert(0, lib)
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+    import torch
+
+    torch.set_num_threads(1)
+    block_fused_adam()
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    from autograder.observe import observe
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    ipython_dir = tempfile.mkdtemp(prefix="ipython-")
+    shell = InteractiveShell.instance(config=config, ipython_dir=ipython_dir)
+    shell.colors = "nocolor"
+    shutil.rmtree(ipython_dir)  # only needed to start (and /tmp is the host's without bwrap)
+    sys.path.append(os.getcwd())
+    with open(requests, "rb") as incoming:
+        for line in incoming:
+            try:  # the student's code may have written to this pipe too
+                request = json.loads(line)
+                answer = {"nonce": request["nonce"], "index": request["index"]}
+            except (ValueError, TypeError, KeyError):
+                continue
+            if request.get("kind") == "code":
+                answer.update(run_code(shell, request["source"]))
+            elif request.get("kind") == "test":
+                answer.update(observe_test(shell, observe, request["requests"]))
+            data = memoryview((json.dumps(answer, allow_nan=True) + "\n").encode())
+            while data:
+                data = data[os.write(answers, data) :]
+    os._exit(0)  # the harness closed the requests: no atexit handlers of the student's
+
+
+if __name__ == "__main__":
+    main()
