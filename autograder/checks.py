@@ -114,7 +114,7 @@ class Check:
             self.name, self.observer, answer, inputs,
             lambda obs: self.judge(obs, **arguments),
             name=self.answer or arguments["name"], kind=kind,
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
 
 
 def check(
@@ -208,7 +208,7 @@ def adam_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) -
 @check(
     "adam_against_torch", answer="adam_update", kind="optimizer",
     inputs=("device", "seed", "cases", "steps", "dtypes"),
-)  # fmt: skip
+)  # fmt: skip # the arguments grouped by meaning, not one a line
 def adam_against_torch(
     obs: Any,
     *,
@@ -237,7 +237,7 @@ def adam_against_torch(
         torch_opt = torch.optim.Adam(
             [ref], lr=hyper["lr"], betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"],
             weight_decay=hyper["weight_decay"], foreach=False,
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
         for t, g in enumerate(case.grads, start=1):
             if t > params.shape[0]:
                 raise_stop(obs, name, handlers=handlers)
@@ -263,7 +263,7 @@ def adam_against_torch(
         "sequences": [[float(g) for g in grads] for grads in a["sequences"]],
         "lr": a["lr"], "betas": list(a["betas"]), "eps": a["eps"],
     },
-)  # fmt: skip
+)  # fmt: skip # the arguments grouped by meaning, not one a line
 def effective_steps(
     obs: Any,
     sequences: Sequence[Sequence[float]],
@@ -404,7 +404,7 @@ def adamw_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) 
         params = _trajectory_of(
             _field(recorded[index], "params", dict), "params", (len(probe.start),),
             torch.float64, probe.steps,
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
         if params.shape[0] < probe.steps:
             _stop(obs, name)  # the run stopped before its steps were compared
         got = list(params)
@@ -431,7 +431,7 @@ def adamw_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) 
 @check(
     "adamw_against_torch", answer="AdamW", kind="optimizer",
     inputs=("device", "seed", "cases", "steps", "dtypes"),
-)  # fmt: skip
+)  # fmt: skip # the arguments grouped by meaning, not one a line
 def adamw_against_torch(
     obs: Any,
     *,
@@ -706,7 +706,7 @@ def _dict_result(
 @check(
     "dict_calls", kind="argument",
     inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"]), "keys": list(a["keys"])},
-)  # fmt: skip
+)  # fmt: skip # the arguments grouped by meaning, not one a line
 def dict_values(
     obs: Any,
     name: str,
@@ -736,7 +736,7 @@ def dict_values(
 @check(
     "dict_calls", kind="argument",
     inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"]), "keys": list(a["keys"])},
-)  # fmt: skip
+)  # fmt: skip # the arguments grouped by meaning, not one a line
 def dict_against_reference(
     obs: Any,
     reference: Callable[..., dict[str, Any]],

@@ -59,7 +59,7 @@ class Kernel:
         self.proc = subprocess.Popen(
             [sys.executable, "-I", kernel, lib, str(requests_r), str(answers_w)],
             stdin=subprocess.DEVNULL, close_fds=True, pass_fds=(requests_r, answers_w),
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
         os.close(requests_r)
         os.close(answers_w)
         self.exited = os.pidfd_open(self.proc.pid)
@@ -143,7 +143,7 @@ def record(index: int, cell: dict, answer: dict) -> dict:
     if cell["kind"] == "code":
         stdout, stderr = _text(answer.get("stdout")) or "", _text(answer.get("stderr")) or ""
         return {"type": "cell", "index": index, "stdout": stdout, "stderr": stderr,
-                "error": _text(answer.get("error"))}  # fmt: skip
+                "error": _text(answer.get("error"))}  # fmt: skip # the arguments grouped by meaning, not one a line
     got = answer.get("entries")
     got = got if isinstance(got, list) else []
     entries = []

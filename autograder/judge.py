@@ -278,7 +278,7 @@ def trajectory(
             p, g, m, v, t, lr=lr, beta1=probe.beta1, beta2=probe.beta2, eps=probe.eps,
             weight_decay=probe.weight_decay, decoupled=decoupled,
             mistake=None if mistake == "lr_cached" else mistake,
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
         out.append((p, m, v))
     return out
 

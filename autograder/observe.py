@@ -246,7 +246,7 @@ def adamw_torch_cases(
         yield AdamWCase(
             dtype, shapes, n_groups, group_hypers, common, starts, change_at, factor,
             none_every, grads,
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
 
 
 def constructor_cases(seed: int | None) -> list[tuple[dict[str, Any], str]]:
@@ -387,7 +387,7 @@ def _update(
     result = record.call(
         update, p.clone(), g.clone(), m.clone(), v.clone(), t, call="call", kind="optimizer",
         **hyper,
-    )  # fmt: skip
+    )  # fmt: skip # the arguments grouped by meaning, not one a line
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         record.stop(
             "bad_result",
@@ -451,7 +451,7 @@ def observe_effective_steps(record: Recorder, function: Any, inputs: dict[str, A
         got = record.call(
             function, list(grads), call="call", kind="optimizer",
             lr=inputs["lr"], beta1=beta1, beta2=beta2, eps=inputs["eps"],
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
         try:
             values = torch.as_tensor(got, dtype=torch.float64).flatten().cpu()
         except (TypeError, ValueError, RuntimeError):
@@ -526,7 +526,7 @@ def observe_adamw_first_steps(record: Recorder, cls: Any, inputs: dict[str, Any]
             opt = _new_optimizer(
                 record, cls, [p], lr=probe.lr, betas=(probe.beta1, probe.beta2), eps=probe.eps,
                 weight_decay=probe.weight_decay,
-            )  # fmt: skip
+            )  # fmt: skip # the arguments grouped by meaning, not one a line
             for t in range(1, probe.steps + 1):
                 for group in opt.param_groups:
                     group["lr"] = probe.lr_at(t)

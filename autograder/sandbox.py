@@ -368,7 +368,7 @@ def run_sandboxed(
         return _run_sandboxed(
             argv, scratch=scratch, ro=ro, limits=limits, env=env, allow_unsafe=allow_unsafe,
             uid=uid, binds=bind_map, hide=hide, workdir=workdir, res=res, stdin=stdin,
-        )  # fmt: skip
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
     finally:
         for fd in res:
             if fd is not None:
@@ -446,7 +446,7 @@ def _run_sandboxed(
     return _run(
         cmd, cwd=str(scratch), env=full_env, limits=limits, warning=warning, info=None, res=res,
         stdin=stdin,
-    )  # fmt: skip
+    )  # fmt: skip # the arguments grouped by meaning, not one a line
 
 
 def _run(
