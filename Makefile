@@ -4,7 +4,10 @@
 #   make test-fast   the suite without the tests marked slow (book, grader, pipeline)
 #   make fuzz        the property tests with random exploration (CI runs them derandomized)
 #   make setup       only create .venv and install (torch first, then the course, then
-#                    bubblewrap for the grading sandbox where it may: root with apt-get)
+#                    bubblewrap for the grading sandbox and chromium for the browser tests
+#                    where it may: root with apt-get)
+#   make publish     the site to publish: the chapters as notebooks (make notebooks) for the
+#                    launch buttons, then make book; CI deploys _build/html to GitHub Pages
 #   make lint        ruff check + ruff format --check
 #   make format      ruff format + ruff check --fix
 #   make exercises   regenerate exercises/ from solutions/ with nbgrader
@@ -23,14 +26,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SANDBOX_STAMP := $(VENV)/.sandbox
+BROWSER_STAMP := $(VENV)/.browser
 # nbgrader runs `alembic` and `jupyter` by name: the targets that run it see .venv/bin first.
 VENV_PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 BOOK_CACHE := _build/.jupyter_cache
 BOOK_HASH := _build/.course_lib.sha256
 
-.PHONY: setup book test test-fast fuzz lint format clean bench exercises grade formgrader
+.PHONY: setup book test test-fast fuzz lint format clean bench exercises grade formgrader \
+        notebooks publish
 
-setup: $(STAMP) $(SANDBOX_STAMP)
+setup: $(STAMP) $(SANDBOX_STAMP) $(BROWSER_STAMP)
 
 # Reinstalls when pyproject.toml changes; torch is installed only when it is missing, so a
 # CUDA build installed by hand (see README) is kept.
@@ -54,6 +59,22 @@ $(SANDBOX_STAMP): | $(STAMP)
 	    else echo "grading sandbox: apt-get could not install bubblewrap; run: sudo apt-get install bubblewrap"; fi; \
 	else \
 	    echo "grading sandbox: bubblewrap is missing; install it with: sudo apt-get install bubblewrap"; \
+	fi
+
+# The browser tests (tests/test_browser.py) read the built book in Debian's Chromium, driven
+# by Playwright (installed with the course) through its executable path: nothing downloads a
+# browser. Installed once, where we may (root with apt-get); otherwise the one command that
+# would, and the browser tests are skipped with that reason.
+$(BROWSER_STAMP): | $(STAMP)
+	@if command -v chromium >/dev/null 2>&1; then \
+	    echo "browser tests: chromium is installed ($$(command -v chromium))"; touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser tests: installing chromium with apt-get (once)"; \
+	    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; then \
+	        echo "browser tests: chromium installed"; touch $@; \
+	    else echo "browser tests: apt-get could not install chromium; run: sudo apt-get install chromium"; fi; \
+	else \
+	    echo "browser tests: chromium is missing; install it with: sudo apt-get install chromium"; \
 	fi
 
 # jupyter-cache re-executes a chapter when its code changes, but cannot see course_lib:
@@ -95,8 +116,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.adamw8bit
 	$(PY) -m benchmarks.grading
 
-# Student code is untrusted: grade.py refuses to run without a bubblewrap sandbox.
-# Install it here when it is missing and we may (root with apt-get).
+# Student code is untrusted: course-grade refuses to run without a bubblewrap sandbox.
 grade: export PATH := $(VENV_PATH)
 grade: setup
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=<name> [WORKERS=N] [GRADE_ARGS=...]"; exit 2; }
@@ -108,6 +128,42 @@ formgrader: export PATH := $(VENV_PATH)
 formgrader: setup
 	cd autograder && ../$(VENV)/bin/jupyter lab --no-browser $(if $(filter 0,$(shell id -u)),--allow-root) \
 	    --ServerApp.default_url=/formgrader $(JUPYTER_ARGS)
+
+# The chapters as Jupyter notebooks, book/<chapter>.ipynb beside each .md (generated, not
+# committed; Sphinx ignores them). With them present the book's launch buttons open the
+# .ipynb, which Colab needs; CI publishes them with the course on the branch that
+# _config.yml's `repository: branch:` names. Each notebook starts with a code cell that
+# makes course_lib importable on a hosted Jupyter (it clones `repository: url:`).
+define NOTEBOOKS_PY
+import pathlib
+import jupytext
+import nbformat
+import yaml
+
+config = yaml.safe_load(pathlib.Path("_config.yml").read_text())
+toc = yaml.safe_load(pathlib.Path("_toc.yml").read_text())
+setup = pathlib.Path("book/_static/notebook_setup.py").read_text()
+setup = setup.replace("REPOSITORY_URL", config["repository"]["url"]).strip()
+for name in [toc["root"]] + [chapter["file"] for chapter in toc.get("chapters", [])]:
+    notebook = jupytext.read(f"{name}.md")
+    if any(cell.cell_type == "code" for cell in notebook.cells):
+        first = next(i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code")
+        cell = nbformat.v4.new_code_cell(setup, metadata={"tags": ["remove-cell"]})
+        notebook.cells.insert(first, cell)
+    jupytext.write(notebook, f"{name}.ipynb")
+    print(f"wrote {name}.ipynb")
+endef
+export NOTEBOOKS_PY
+
+notebooks: $(STAMP)
+	$(PY) -c "$$NOTEBOOKS_PY"
+
+# What CI deploys: the notebooks first (so that the launch buttons open them), then the
+# book, executed at COURSE_SCALE (small unless set). Serve _build/html as a static site.
+publish: notebooks
+	$(MAKE) book
+	@touch _build/html/.nojekyll
+	@echo "Ready to publish: _build/html (CI: .github/workflows/book.yml deploys it to GitHub Pages)"
 
 clean:
 	rm -rf _build

@@ -6,12 +6,13 @@ written twice):
 - :func:`explorer` returns an ipywidgets UI (schedule kind, peak rate, warmup, floor, run
   length, log scale) that redraws a matplotlib plot. It needs a running kernel.
 - :func:`static_explorer_html` returns a self-contained HTML snippet that still responds on a
-  static web page, such as the built book, with no kernel: Python precomputes a grid of
-  normalised curves (kind x warmup fraction x floor fraction, 201 points each, step as a
-  fraction of the run, rate as a fraction of the peak) and a few lines of inline JavaScript
-  pick the curve the sliders name and scale it by the chosen peak and length. Nothing is
-  fetched from the network. Display it in a notebook cell with
-  ``IPython.display.HTML(static_explorer_html())``.
+  static web page, such as the built book, with no kernel: Python precomputes the curves of
+  every setting the page offers (kind x warmup fraction x floor fraction x run length, at
+  most 201 integer steps each, rate as a fraction of the peak) and a few lines of inline
+  JavaScript pick the curve the controls name and multiply it by the chosen peak (every
+  schedule here is proportional to its peak). So the page draws, at every step it plots,
+  the rate :mod:`course_lib.schedules` computes. Nothing is fetched from the network.
+  Display it in a notebook cell with ``IPython.display.HTML(static_explorer_html())``.
 
 Both views build their schedules with :func:`explorer_schedule`, which maps the sliders
 (fractions of the run and of the peak) onto each schedule's own hyperparameters.
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "FLOOR_FRACTIONS",
     "KINDS",
+    "LENGTHS",
+    "ONE_CYCLE_PCT_START",
     "REFERENCE_STEPS",
     "WARMUP_FRACTIONS",
     "explorer",
@@ -61,6 +64,11 @@ KINDS = (
 _USES_FLOOR = frozenset(
     {"cosine", "linear", "wsd (linear cooldown)", "wsd (1-sqrt cooldown)", "cosine restarts"}
 )
+_NO_WARMUP = frozenset({"one-cycle"})
+"""Kinds whose warmup is part of their own formula: the warmup control does not apply."""
+
+ONE_CYCLE_PCT_START = 0.3
+"""One-cycle rises over this fraction of the run (``OneCycleLR``'s and the library's default)."""
 
 MAX_WARMUP_FRACTION = 0.5
 """The longest warmup the explorers offer, as a fraction of the run."""
@@ -71,11 +79,16 @@ WARMUP_FRACTIONS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 FLOOR_FRACTIONS = (0.0, 0.01, 0.1, 0.3)
 """Floors (``min_lr``) of the static explorer's grid, as fractions of the peak."""
 
-REFERENCE_STEPS = 10_001
-"""Length of the run the static explorer's curves are computed for (steps 0 .. 10000)."""
+LENGTHS = (100, 1_000, 10_000, 100_000, 1_000_000)
+"""The run lengths the static explorer offers; its curves are computed for each of them."""
+
+REFERENCE_STEPS = 10_000
+"""The static explorer's default run length (steps 0 .. 9999), whose curves are the top level
+of :func:`explorer_data`; a length that :data:`LENGTHS` does not list is drawn from them."""
 
 NUM_POINTS = 201
-"""Points per curve of the static explorer: every 50th step of the reference run."""
+"""Points per curve of the static explorer (fewer for runs shorter than that): the integer
+steps ``round(i * (T - 1) / 200)``, ``i = 0 .. 200``, first and last step included."""
 
 
 def explorer_schedule(
@@ -95,7 +108,11 @@ def explorer_schedule(
     - ``wsd``: 20% cooldown; ``inverse sqrt``: ``timescale = W`` (``T // 100`` without warmup);
     - ``step decay``: ``gamma = 0.1`` at each third of the steps after the warmup;
     - ``cosine restarts``: cycles doubling in length, four of them after the warmup;
-    - ``one-cycle``: OneCycleLR's defaults, peaking at step ``W`` (at least 1).
+    - ``one-cycle``: :func:`course_lib.schedules.one_cycle_schedule` with its (OneCycleLR's)
+      defaults: it rises from ``peak / 25`` over the first 30% of the run
+      (:data:`ONE_CYCLE_PCT_START`; to step 1 in runs shorter than 4 steps) and anneals to
+      ``peak / 250000``. Its warmup is part of its formula, so ``warmup_fraction`` does not
+      change it.
 
     ``constant``, ``inverse sqrt``, ``step decay`` and ``one-cycle`` have no floor.
     """
@@ -144,38 +161,26 @@ def explorer_schedule(
             cycle_mult=2,
             **floor,
         )
-    else:  # "one-cycle": OneCycleLR peaks at pct_start * T - 1
-        schedule = partial(
-            S.one_cycle_schedule,
-            peak_lr=peak_lr,
-            num_training_steps=total,
-            pct_start=(max(warmup, 1) + 1) / total,
-        )
+    else:  # "one-cycle": the library's defaults; OneCycleLR peaks at pct_start * T - 1
+        pct_start = ONE_CYCLE_PCT_START if ONE_CYCLE_PCT_START * total > 1 else 2 / total
+        if pct_start == ONE_CYCLE_PCT_START:
+            schedule = partial(S.one_cycle_schedule, peak_lr=peak_lr, num_training_steps=total)
+        else:  # a run of 3 steps: 30% of it ends before step 1
+            schedule = partial(
+                S.one_cycle_schedule, peak_lr=peak_lr, num_training_steps=total, pct_start=pct_start
+            )
     schedule(0)  # check the combination now
     return schedule
 
 
-def _sample_steps() -> list[int]:
-    """The steps of the reference run each static curve is sampled at: 0, 50, ..., 10000."""
-    stride = (REFERENCE_STEPS - 1) // (NUM_POINTS - 1)
-    return [i * stride for i in range(NUM_POINTS)]
+def _sample_steps(total: int = REFERENCE_STEPS) -> list[int]:
+    """The integer steps a static curve of a run of ``total`` steps is drawn at."""
+    return sorted({round(i * (total - 1) / (NUM_POINTS - 1)) for i in range(NUM_POINTS)})
 
 
-def explorer_data() -> dict[str, Any]:
-    """The static explorer's grid of normalised curves, as embedded in its HTML.
-
-    ``x[i]`` is a sample step as a fraction of the run (``step / (T - 1)``); every curve
-    gives the rate as a fraction of the peak, to 4 significant digits. A kind that uses the
-    floor has one curve per (warmup, floor) pair, at index ``warmup_index * len(floor) +
-    floor_index``; the others one curve per warmup. Returns a fresh copy on every call.
-    """
-    return json.loads(_explorer_json())
-
-
-@functools.lru_cache(maxsize=1)
-def _explorer_json() -> str:
-    """:func:`explorer_data` as compact JSON, computed once per session (about a second)."""
-    steps = _sample_steps()
+def _curves(total: int) -> tuple[list[float], list[dict[str, Any]]]:
+    """``x`` (sample step / (T - 1)) and, per kind, its curves for a run of ``total`` steps."""
+    steps = _sample_steps(total)
     kinds = []
     for kind in KINDS:
         uses_floor = kind in _USES_FLOOR
@@ -185,37 +190,93 @@ def _explorer_json() -> str:
             schedule = explorer_schedule(
                 kind,
                 peak_lr=1.0,
-                num_training_steps=REFERENCE_STEPS,
+                num_training_steps=total,
                 warmup_fraction=warmup_fraction,
                 floor_fraction=floor_fraction,
             )
             curves.append([float(f"{schedule(s):.4g}") for s in steps])
-        kinds.append({"name": kind, "usesFloor": uses_floor, "curves": curves})
+        kinds.append(
+            {
+                "name": kind,
+                "usesFloor": uses_floor,
+                "usesWarmup": kind not in _NO_WARMUP,
+                "curves": curves,
+            }
+        )
+    return [s / (total - 1) for s in steps], kinds
+
+
+def explorer_data() -> dict[str, Any]:
+    """The static explorer's curves, as embedded in its HTML.
+
+    The top level is the run of :data:`REFERENCE_STEPS` steps: ``x[i]`` is a sample step as a
+    fraction of the run (``step / (T - 1)``, an integer step once multiplied back), and every
+    curve gives the rate as a fraction of the peak, to 4 significant digits. A kind that uses
+    the floor has one curve per (warmup, floor) pair, at index ``warmup_index * len(floor) +
+    floor_index``; the others one curve per warmup (one-cycle's are all the same: its warmup
+    is its own). ``runs`` holds the other lengths of :data:`LENGTHS` by their number of steps
+    (as a string), each with its own ``x`` and, per kind, ``curves`` indexed the same way as
+    rows of its ``table`` (identical curves are stored once). Returns a fresh copy on every
+    call.
+    """
+    return json.loads(_explorer_json())
+
+
+@functools.lru_cache(maxsize=1)
+def _explorer_json() -> str:
+    """:func:`explorer_data` as compact JSON, computed once per session (a few seconds)."""
+    x, kinds = _curves(REFERENCE_STEPS)
+    runs = {}
+    for total in LENGTHS:
+        if total == REFERENCE_STEPS:
+            continue
+        run_x, run_kinds = _curves(total)
+        table: list[list[float]] = []
+        rows: dict[str, int] = {}
+        index = []
+        for kind in run_kinds:
+            row_of_curve = []
+            for curve in kind["curves"]:
+                key = json.dumps(curve)
+                if key not in rows:
+                    rows[key] = len(table)
+                    table.append(curve)
+                row_of_curve.append(rows[key])
+            index.append(row_of_curve)
+        runs[str(total)] = {"x": run_x, "table": table, "curves": index}
     data = {
         "referenceSteps": REFERENCE_STEPS,
-        "x": [s / (REFERENCE_STEPS - 1) for s in steps],
+        "lengths": list(LENGTHS),
+        "onePctStart": ONE_CYCLE_PCT_START,
+        "x": x,
         "warmup": list(WARMUP_FRACTIONS),
         "floor": list(FLOOR_FRACTIONS),
         "kinds": kinds,
+        "runs": runs,
     }
     return json.dumps(data, separators=(",", ":"))
 
 
-# The script only reads the grid: pickCurve chooses a curve and scales it, draw() makes the
-# SVG. It runs under node too (module.exports), which is how the tests check pickCurve.
+# The script only reads the curves: pickCurve chooses one and multiplies it by the peak,
+# draw() makes the SVG and the read-outs. It runs under node too (module.exports), which is
+# how the tests check pickCurve; the browser tests read root.explorerCurve, the drawn curve.
 _SCRIPT = r"""
 (function () {
   "use strict";
   var DATA = __DATA__;
   var ROOT_ID = "__ROOT_ID__";
 
-  // The precomputed curve for the chosen kind, warmup and floor, scaled to peak and length.
+  // The curve course_lib.schedules computed for the chosen kind, warmup, floor and length,
+  // times the peak. A length with no curves of its own stretches the reference run's.
   function pickCurve(data, kindIndex, warmupIndex, floorIndex, peak, length) {
     var kind = data.kinds[kindIndex];
     var index = kind.usesFloor ? warmupIndex * data.floor.length + floorIndex : warmupIndex;
+    var run = data.runs && data.runs[String(length)];
+    var x = run ? run.x : data.x;
+    var curve = run ? run.table[run.curves[kindIndex][index]] : kind.curves[index];
     return {
-      steps: data.x.map(function (x) { return x * (length - 1); }),
-      rates: kind.curves[index].map(function (y) { return y * peak; })
+      steps: x.map(function (f) { return run ? Math.round(f * (length - 1)) : f * (length - 1); }),
+      rates: curve.map(function (y) { return y * peak; })
     };
   }
 
@@ -238,21 +299,34 @@ _SCRIPT = r"""
 
   function draw(root) {
     function el(role) { return root.querySelector('[data-role="' + role + '"]'); }
+    function say(role, text) { var node = el(role); if (node) node.textContent = text; }
     var kindIndex = +el("kind").value, warmupIndex = +el("warmup").value;
     var floorIndex = +el("floor").value, log = el("log").checked;
     var peak = Math.pow(10, +el("peak").value);
     var length = Math.round(Math.pow(10, +el("length").value));
     var kind = DATA.kinds[kindIndex];
+    var usesWarmup = kind.usesWarmup !== false;
     el("floor").disabled = !kind.usesFloor;
-    el("peak-out").textContent = fmtRate(peak);
-    el("length-out").textContent = fmtStep(length) + " steps";
-    el("warmup-out").textContent = Math.round(DATA.warmup[warmupIndex] * 100) + "% (" +
-      fmtStep(Math.round(DATA.warmup[warmupIndex] * (length - 1))) + " steps)";
-    el("floor-out").textContent = kind.usesFloor ?
-      DATA.floor[floorIndex] * 100 + "% of peak" : "not used by " + kind.name;
+    el("warmup").disabled = !usesWarmup;
+    say("peak-out", fmtRate(peak));
+    say("length-out", fmtStep(length) + " steps");
+    say("warmup-out", usesWarmup ?
+      Math.round(DATA.warmup[warmupIndex] * 100) + "% (" +
+        fmtStep(Math.round(DATA.warmup[warmupIndex] * (length - 1))) + " steps)" :
+      "not used: " + kind.name + " rises over " + Math.round(DATA.onePctStart * 100) + "%");
+    say("floor-out", kind.usesFloor ?
+      DATA.floor[floorIndex] * 100 + "% of peak" : "not used by " + kind.name);
 
     var curve = pickCurve(DATA, kindIndex, warmupIndex, floorIndex, peak, length);
-    var W = 640, H = 320, left = 72, right = 16, top = 12, bottom = 48;
+    root.explorerCurve = {kind: kind.name, peak: peak, length: length, steps: curve.steps,
+                          rates: curve.rates};
+    var top = 0;
+    for (var k = 1; k < curve.rates.length; k++) if (curve.rates[k] > curve.rates[top]) top = k;
+    say("summary", kind.name + ": starts at " + fmtRate(curve.rates[0]) + ", highest " +
+      fmtRate(curve.rates[top]) + " at step " + fmtStep(curve.steps[top]) + ", ends at " +
+      fmtRate(curve.rates[curve.rates.length - 1]));
+
+    var W = 640, H = 320, left = 72, right = 16, top_ = 12, bottom = 48;
     var xMax = Math.max(1, length - 1);
     function px(step) { return left + (W - left - right) * step / xMax; }
     var py, yTicks;
@@ -261,12 +335,12 @@ _SCRIPT = r"""
       var lo = Math.floor(Math.log10(Math.min.apply(null, positive.concat([peak])))) ;
       var hi = Math.ceil(Math.log10(peak * 1.0001));
       if (hi === lo) hi = lo + 1;
-      py = function (r) { return top + (H - top - bottom) * (hi - Math.log10(r)) / (hi - lo); };
+      py = function (r) { return top_ + (H - top_ - bottom) * (hi - Math.log10(r)) / (hi - lo); };
       yTicks = [];
       for (var e = lo; e <= hi; e++) yTicks.push(Math.pow(10, e));
     } else {
       var yMax = peak * 1.05;
-      py = function (r) { return top + (H - top - bottom) * (1 - r / yMax); };
+      py = function (r) { return top_ + (H - top_ - bottom) * (1 - r / yMax); };
       yTicks = niceTicks(0, yMax);
     }
     var path = "", pen = "M";
@@ -275,23 +349,24 @@ _SCRIPT = r"""
       path += pen + px(curve.steps[i]).toFixed(1) + "," + py(curve.rates[i]).toFixed(1) + " ";
       pen = "L";
     }
-    var svg = '<rect x="' + left + '" y="' + top + '" width="' + (W - left - right) +
-      '" height="' + (H - top - bottom) + '" fill="none" stroke="#888"/>';
+    var svg = '<rect x="' + left + '" y="' + top_ + '" width="' + (W - left - right) +
+      '" height="' + (H - top_ - bottom) + '" fill="none" stroke="#888"/>';
     niceTicks(0, xMax).forEach(function (t) {
       svg += '<line x1="' + px(t) + '" x2="' + px(t) + '" y1="' + (H - bottom) + '" y2="' +
         (H - bottom + 5) + '" stroke="#888"/><text x="' + px(t) + '" y="' + (H - bottom + 18) +
-        '" text-anchor="middle" font-size="11">' + fmtStep(t) + "</text>";
+        '" text-anchor="middle" font-size="13">' + fmtStep(t) + "</text>";
     });
     yTicks.forEach(function (t) {
       svg += '<line x1="' + (left - 5) + '" x2="' + left + '" y1="' + py(t) + '" y2="' + py(t) +
         '" stroke="#888"/><text x="' + (left - 8) + '" y="' + (py(t) + 4) +
-        '" text-anchor="end" font-size="11">' + fmtRate(t) + "</text>";
+        '" text-anchor="end" font-size="13">' + fmtRate(t) + "</text>";
     });
     svg += '<text x="' + ((W + left - right) / 2) + '" y="' + (H - 8) +
-      '" text-anchor="middle" font-size="13">step</text>';
-    svg += '<text transform="translate(16,' + ((H + top - bottom) / 2) +
-      ') rotate(-90)" text-anchor="middle" font-size="13">learning rate</text>';
-    svg += '<path d="' + path + '" fill="none" stroke="#1f77b4" stroke-width="2"/>';
+      '" text-anchor="middle" font-size="14">step</text>';
+    svg += '<text transform="translate(16,' + ((H + top_ - bottom) / 2) +
+      ') rotate(-90)" text-anchor="middle" font-size="14">learning rate</text>';
+    svg += '<path d="' + path +
+      '" data-role="curve" fill="none" stroke="#1f77b4" stroke-width="2"/>';
     el("plot").innerHTML = svg;
   }
 
@@ -328,16 +403,17 @@ _HTML = """\
     <input id="{root_id}-floor" data-role="floor" type="range" min="0" max="{max_floor}"
            step="1" value="{floor_value}"><output data-role="floor-out"></output>
     <label for="{root_id}-length">run length</label>
-    <input id="{root_id}-length" data-role="length" type="range" min="2" max="6" step="0.1"
-           value="4"><output data-role="length-out"></output>
+    <input id="{root_id}-length" data-role="length" type="range" min="{min_length}"
+           max="{max_length}" step="1" value="{length_value}"><output data-role="length-out"></output>
     <span></span>
     <label><input data-role="log" type="checkbox"> log scale</label><span></span>
   </div>
+  <output data-role="summary" style="display: block; margin-top: 6px;"></output>
   <svg data-role="plot" viewBox="0 0 640 320" width="100%" role="img"
-       aria-label="learning rate against step"></svg>
-  <p style="font-size: 12px; color: #555;">Curves computed by <code>course_lib.schedules</code>
-  for a run of {reference_steps} steps ({num_points} points each) and scaled to the chosen
-  peak rate and run length: for short runs the schedule's integer steps differ slightly.</p>
+       aria-label="The chosen learning-rate schedule: learning rate against step"></svg>
+  <p style="font-size: 13px; color: #555;">Each curve is <code>course_lib.schedules</code>'s
+  value at up to {num_points} integer steps of the run, computed when this page was built for
+  every schedule, warmup, floor and run length offered here, and multiplied by the peak.</p>
 </div>
 <script>{script}</script>
 """
@@ -350,9 +426,9 @@ def static_explorer_html(*, element_id: str | None = None) -> str:
 
     A ``<select>`` for the kind, range inputs for the peak rate (log scale, 1e-5 to 1e-1),
     the warmup (a fraction of the run), the floor (a fraction of the peak) and the run length
-    (100 to 1,000,000 steps), a log-scale checkbox, and an inline SVG plot with labelled axes,
-    all driven by an inline ``<script>`` that holds the curves of :func:`explorer_data` as
-    JSON. No external scripts, styles or fonts. ``element_id`` names the outer ``<div>``
+    (:data:`LENGTHS`, 100 to 1,000,000 steps), a log-scale checkbox, a read-out of where the
+    curve starts, peaks and ends, and an inline SVG plot with labelled axes, all driven by an
+    inline ``<script>`` that holds the curves of :func:`explorer_data` as JSON. No external scripts, styles or fonts. ``element_id`` names the outer ``<div>``
     (default: a fresh id per call), so several explorers can share a page.
     """
     root_id = element_id or f"course-schedule-explorer-{next(_counter)}"
@@ -372,7 +448,9 @@ def static_explorer_html(*, element_id: str | None = None) -> str:
         warmup_value=WARMUP_FRACTIONS.index(0.05),
         max_floor=len(FLOOR_FRACTIONS) - 1,
         floor_value=FLOOR_FRACTIONS.index(0.1),
-        reference_steps=f"{REFERENCE_STEPS:,}",
+        min_length=round(math.log10(LENGTHS[0])),
+        max_length=round(math.log10(LENGTHS[-1])),
+        length_value=round(math.log10(REFERENCE_STEPS)),
         num_points=NUM_POINTS,
         script=script,
     )

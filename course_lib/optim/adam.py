@@ -119,7 +119,7 @@ class Adam(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one update of every parameter that has a gradient; return the closure's loss."""
         loss = None
         if closure is not None:

@@ -212,7 +212,7 @@ class AdamW8bit(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One AdamW update of every parameter that has a gradient; return the closure's loss."""
         loss = None
         if closure is not None:
