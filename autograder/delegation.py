@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import inspect
 import os
 import sys
@@ -308,10 +309,19 @@ def _source_reasons(label: str, source: str, rules: Forbidden) -> list[str]:
                 reasons.append(f"uses {dotted} ({where(node)})")
         elif isinstance(node, ast.Name) and node.id == "course_lib":
             reasons.append(f"uses course_lib ({where(node)})")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if node.value in rules.identifiers and node.value not in {"adam", "schedules"}:
-                reasons.append(f"names {node.value!r} in a string ({where(node)})")
+        elif isinstance(node, ast.Call) and _dotted(node.func).split(".")[-1] in _LOOKUPS:
+            # getattr(torch.optim, "AdamW"), importlib.import_module("course_lib"): a name
+            # looked up by string. A string elsewhere ("AdamW" in a __repr__) is no lookup.
+            for arg in node.args:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    if arg.value.split(".")[-1] in rules.identifiers or arg.value.startswith(
+                        rules.modules
+                    ):
+                        reasons.append(f"looks up {arg.value!r} by name ({where(node)})")
     return reasons
+
+
+_LOOKUPS = {"getattr", "__getattribute__", "__import__", "import_module", "attrgetter"}
 
 
 def static_reasons(obj: Any, rules: Forbidden) -> list[str]:
@@ -336,6 +346,24 @@ def _segment(lines: list[str], node: ast.AST) -> str:
     return textwrap.dedent("\n".join(lines[first - 1 : last]))
 
 
+#: A cell longer than this is not parsed for delegation (the sandbox holds no reference to
+#: delegate to; this check only names one): parsing costs time and memory in the grader.
+MAX_PARSED_CELL = 200_000
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(source: str) -> tuple[ast.Module, str] | None:
+    """A cell's tree (magics blanked), parsed once per grader process however many checks
+    and answers ask; None for a cell that does not parse or is too long."""
+    if len(source) > MAX_PARSED_CELL:
+        return None
+    text = _blank_magics(source)
+    try:
+        return ast.parse(text), text
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+
+
 def static_reasons_from_sources(name: str, sources: Sequence[str], kind: str) -> list[str]:
     """:func:`static_reasons` for the top-level ``def``/``class`` called ``name`` in the
     notebook's code cells, from their text: what the grader checks outside the sandbox.
@@ -347,13 +375,10 @@ def static_reasons_from_sources(name: str, sources: Sequence[str], kind: str) ->
     rules = forbidden(kind)
     found: tuple[ast.AST, list[str]] | None = None
     for source in sources:
-        if not isinstance(source, str):
+        parsed = _parsed(source) if isinstance(source, str) else None
+        if parsed is None:
             continue
-        text = _blank_magics(source)
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError):
-            continue
+        tree, text = parsed
         for node in tree.body:
             if (
                 isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))

@@ -27,11 +27,11 @@ class Scrubber:
 
     def __init__(self, root: Path) -> None:
         here = Path(__file__).resolve().parent
+        # Not the interpreter's base prefix: /usr says nothing about the instructor.
         paths = {
             str(root.resolve()),
             str(Path(sys.prefix).resolve()),
             os.path.abspath(sys.prefix),
-            str(Path(sys.base_prefix).resolve()),
             str(here),
             os.path.expanduser("~"),
         }
@@ -60,9 +60,7 @@ def feedback_notebook(
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-    def escape(text: str) -> str:
-        return html.escape(text, quote=False)
-
+    said: list[str] = []  # what the student's files and code can influence: shown as text
     total = sum(outcome.scores.values())
     lines = [
         f"# Feedback: {assignment.name}",
@@ -71,14 +69,14 @@ def feedback_notebook(
         "",
     ]
     if outcome.status != "graded":
-        lines.append(f"Your submission could not be graded: {escape(outcome.reason or '')}.")
+        said.append(f"Your submission could not be graded: {outcome.reason or ''}.")
     else:
         for test in assignment.tests:
             mark = "passed" if outcome.scores.get(test.grade_id) == test.points else "failed"
             score = outcome.scores.get(test.grade_id, 0)
             lines.append(f"- `{test.grade_id}`: {score:g} / {test.points:g} ({mark})")
         if outcome.reason:
-            lines += ["", f"Your notebook did not run to the end: {escape(outcome.reason)}."]
+            said.append(f"Your notebook did not run to the end: {outcome.reason}.")
     notes = list(outcome.notes)
     shown = [i for i, item in enumerate(items) if item["origin"] == "student"]
     hidden = set(shown[MAX_CELLS:])
@@ -87,8 +85,14 @@ def feedback_notebook(
             f"{len(hidden)} of your cells are not shown here (the feedback shows the "
             f"first {MAX_CELLS}); they ran all the same"
         )
-    if notes:
-        lines += ["", "Notes:"] + [f"- {escape(n)}" for n in notes[:50]]
+    said += [f"Note: {n}" for n in notes[:50]]
+    if said:  # in a <pre> block, escaped: Markdown and HTML in a file name stay text
+        lines += [
+            "",
+            '<pre style="white-space: pre-wrap">',
+            *(html.escape(" ".join(t.split()), quote=False) for t in said),
+        ]
+        lines.append("</pre>")
     cells = [new_markdown_cell("\n".join(lines))]
     points = {t.grade_id: t.points for t in assignment.tests}
     for index, item in enumerate(items):

@@ -46,6 +46,7 @@ from autograder.assignment import (
 )
 from autograder.feedback import Scrubber, feedback_html, feedback_notebook
 from autograder.gradebook import (
+    MAX_STAMP_BYTES,
     Outcome,
     already_graded,
     atomic_write,
@@ -59,11 +60,19 @@ from autograder.submission import Unreadable, assemble, read_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
-UID_BASE = 61000  # worker i runs its sandboxes as uid UID_BASE + i (when started as root)
+# Worker i runs its sandboxes as uid UID_BASE + 64 * (pid % 4096) + i when started as root:
+# the process limit counts every process of a uid on the machine, so two batches running at
+# once (two courses, two test runs) must not share uids.
+UID_BASE = 61000
 LOCK_NAME = ".grade.lock"
 #: Files nbgrader's exchange puts beside a submission; copied to its feedback folder, where
 #: ``nbgrader release_feedback`` looks for them.
 EXCHANGE_FILES = ("timestamp.txt", "submission_secret.txt")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (a file name's terminal escapes) shown as ``?``."""
+    return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
 def judge_tests(
@@ -142,15 +151,15 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
             scrub=scrub,
         )
         stage = "judging"
-        sources = [c.source for c in submission.cells if c.cell_type == "code"]
+        sources = [i["source"] for i in items if i["origin"] == "student"]  # what ran
         scores, messages, outputs = judge_tests(assignment, items, runs, sources, runs.ended)
         outcome = Outcome(
             student,
             "graded",
             scores,
             {k: scrub(v) for k, v in messages.items()},
-            [scrub(n) for n in notes + runs.notes],
-            runs.ended,
+            [printable(scrub(n)) for n in notes + runs.notes],
+            runs.ended and printable(runs.ended),
             time.monotonic() - start,
             fingerprint,
             runs.warning,
@@ -171,7 +180,14 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
             where = "".join(traceback.format_exception_only(type(error), error)).strip()
             reason = scrub(f"the grader failed while {stage} {student}'s submission: {where}")
         outcome = Outcome(
-            student, status, zero, {}, [], reason[:2000], time.monotonic() - start, fingerprint
+            student,
+            status,
+            zero,
+            {},
+            [],
+            printable(reason[:2000]),
+            time.monotonic() - start,
+            fingerprint,
         )
         return outcome, feedback_notebook(assignment, outcome, [], {}, {})
 
@@ -216,7 +232,8 @@ def _work(assignment: Assignment, student: str) -> Outcome:
     for file in EXCHANGE_FILES:
         given = root / "autograder" / "submitted" / student / name / file
         if given.is_file() and not given.is_symlink():
-            shutil.copyfile(given, feedback / file)
+            if given.stat().st_size <= MAX_STAMP_BYTES:
+                shutil.copyfile(given, feedback / file)
     return outcome
 
 
@@ -235,7 +252,7 @@ class _Pool:
     def _start(self) -> ProcessPoolExecutor:
         uids = self.context.Queue()
         for i in range(self.workers):
-            uids.put(UID_BASE + i)
+            uids.put(UID_BASE + 64 * (os.getpid() % 4096) + i)
         executor = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=self.context,
@@ -250,11 +267,12 @@ class _Pool:
         from tqdm import tqdm
 
         outcomes: dict[str, Outcome] = {}
-        pending = list(todo)
+        pending, serial = list(todo), False
         bar = tqdm(total=len(todo), unit="submission", file=sys.stderr, dynamic_ncols=True)
         with bar, open_gradebook(self.settings["root"]) as gb:
             while pending:
-                futures = {self.executor.submit(_work, assignment, s): s for s in pending}
+                batch = pending[:1] if serial else pending
+                futures = {self.executor.submit(_work, assignment, s): s for s in batch}
                 remaining, broken = set(futures), False
                 while remaining:
                     finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
@@ -296,7 +314,21 @@ class _Pool:
                     bar.write(f"a grading worker died; restarting for {len(pending)} submission(s)")
                     self.executor.shutdown(wait=True, cancel_futures=True)
                     self.executor = self._start()
+                    if len(futures) == 1:  # graded alone, it killed its worker: its own zero
+                        outcomes[pending[0]] = self._killed(assignment, pending[0], gb)
+                        pending.pop(0)
+                        bar.update()
+                    serial = True  # from now on one at a time, so that a culprit is found
         return outcomes
+
+    def _killed(self, assignment: Assignment, student: str, gb: Any) -> Outcome:
+        outcome = Outcome(
+            student, "failed", {t.grade_id: 0.0 for t in assignment.tests}, {}, [],
+            f"the grader's worker process died while grading {student}'s submission (out of "
+            "memory?); it was not graded", 0.0, "",
+        )  # fmt: skip # the fields in the dataclass's order
+        record(self.settings["root"], assignment, outcome, gb)
+        return outcome
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -376,9 +408,7 @@ def grade_batch(
                 for name in rejected:
                     print(f"skipped folder {name!r}: not a valid student id", file=out)
                 with open_gradebook(root) as gb:
-                    todo = [
-                        s for s in students if force or not already_graded(root, s, assignment, gb)
-                    ]
+                    todo = [s for s in students if force or not _graded(root, s, assignment, gb)]
                 skipped = len(students) - len(todo)
                 print(
                     f"{assignment.name}: {len(students)} submission(s), {len(todo)} to grade"
@@ -394,6 +424,14 @@ def grade_batch(
     _summary(assignment, outcomes, out)
     print(f"grades: {export_csv(root)}", file=out)
     return outcomes
+
+
+def _graded(root: Path, student: str, assignment: Assignment, gb: Any) -> bool:
+    """Whether a rerun may skip this submission; on any doubt (an unreadable folder), no."""
+    try:
+        return already_graded(root, student, assignment, gb)
+    except Exception:
+        return False
 
 
 def _summary(assignment: Assignment, outcomes: dict[str, Outcome], out: Any) -> None:

@@ -25,7 +25,9 @@ Residual risk: a cell's code runs in K and can rewrite K's code (the observation
 included) and read its requests (nonces included), so an answer is the testimony of the
 student's process about the cell H asked for, and a cell may answer early in K's name and so
 reach the next request sooner. The grader recomputes every reference outside and judges
-only the recorded numbers: such testimony can lower its own score, not raise it. K's
+only the recorded numbers, so reporting right numbers means computing them; but code that
+rewrites the observation can report behaviour the answer does not have (that a constructor
+raised ValueError, say), as autograder/README.md says under residual risks. K's
 process may also kill H (same uid): the run ends there, as if K had died. (What remains of
 delegation to torch's fused kernels is in ``kernel.py``.)
 
@@ -175,11 +177,10 @@ def main() -> None:
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
     spec = json.loads(sys.stdin.buffer.read())
-    for name in os.listdir(inputs):  # the data files, beside the student's work only
-        try:
-            shutil.copyfile(os.path.join(inputs, name), name)
-        except OSError:
-            pass
+    try:  # the data files (and their folders), beside the student's work only
+        shutil.copytree(inputs, ".", dirs_exist_ok=True, copy_function=shutil.copyfile)
+    except OSError:  # a full disk: the cells run with what was copied
+        pass
     started = time.monotonic()
     kernel = Kernel(lib)
     if kernel.ask({"index": -1, "kind": "ready"}) is None:

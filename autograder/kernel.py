@@ -8,7 +8,8 @@ what the grader takes from them). Before any student code runs it
 - puts the grader's read-only folder first on ``sys.path`` and imports all it needs, so no
   file in the work directory (its cwd) shadows a grader's module; the work directory is
   then appended to ``sys.path``, so that cells can import from it as in Jupyter;
-- makes torch's fused Adam kernels raise (below);
+- makes torch's fused Adam kernels raise (below), and forbids running any other program
+  (``forbid_exec``): a fresh interpreter would have the kernels back;
 - starts IPython with its history off and its folder in ``/tmp``, where the files handed in
   (in the work directory, at most half its size) are not;
 - ignores SIGXFSZ (a file over the size limit fails that write, not the run), runs torch on
@@ -96,6 +97,40 @@ def block_fused_adam() -> None:
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(module))
 
 
+# execve and execveat by architecture (seccomp's AUDIT_ARCH_* values), and the x32 bit.
+_EXEC_SYSCALLS = {"x86_64": (0xC000003E, (59, 322)), "aarch64": (0xC00000B7, (221, 281))}
+
+
+def forbid_exec() -> None:
+    """No process of the kernel's may run another program, ever (a seccomp filter, inherited
+    by every child and never removed): a fresh interpreter would have torch's fused kernels
+    back, so only copies of this process, where they raise, can exist. Forks still work."""
+    import ctypes
+    import platform
+    import struct
+
+    if platform.machine() not in _EXEC_SYSCALLS:
+        raise RuntimeError(f"no exec system call numbers known for {platform.machine()}")
+    arch, calls = _EXEC_SYSCALLS[platform.machine()]
+    errno = 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
+    allow = 0x7FFF0000  # SECCOMP_RET_ALLOW
+    jeq, ld, ret, jge = 0x15, 0x20, 0x06, 0x35  # BPF_JMP|BPF_JEQ|BPF_K, BPF_LD|BPF_W|BPF_ABS, ...
+    program = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, errno), (ld, 0, 0, 0)]
+    program.append((jge, len(calls) + 1, 0, 0x40000000))  # the x32 ABI: refused whole
+    for index, number in enumerate(calls):
+        program.append((jeq, len(calls) - index, 0, number))
+    program += [(ret, 0, 0, allow), (ret, 0, 0, errno)]
+    # Jumps above: to the last instruction (refuse) from each check; otherwise allow.
+    code = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HxxxxxxQ", len(program), ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+    if libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        raise OSError(ctypes.get_errno(), "the seccomp filter could not be installed")
+
+
 def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
 
@@ -158,6 +193,7 @@ def main() -> None:
     shell = InteractiveShell.instance(config=config, ipython_dir=ipython_dir)
     shell.colors = "nocolor"
     shutil.rmtree(ipython_dir)  # only needed to start (and /tmp is the host's without bwrap)
+    forbid_exec()
     sys.path.append(os.getcwd())
     with open(requests, "rb") as incoming:
         for line in incoming:

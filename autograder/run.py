@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -76,27 +77,44 @@ class Run:
     warning: str | None  # set when it ran without isolation
 
 
+def _data_files(data: Path) -> tuple[list[Path], bool]:
+    """The files in ``data`` and its subfolders (as nbgrader copies them), by relative name:
+    no links, no notebooks at the top; at most ``10 * MAX_DATA_FILES`` looked at."""
+    found, looked = [], 0
+    for folder, dirs, files in os.walk(data):  # os.walk follows no link to a folder
+        dirs.sort()
+        for name in sorted(files):
+            looked += 1
+            if looked > 10 * MAX_DATA_FILES:
+                return found, True
+            path = Path(folder, name)
+            top = Path(folder) == data
+            if path.is_file() and not path.is_symlink() and not (top and path.suffix == ".ipynb"):
+                found.append(path.relative_to(data))
+    return found, False
+
+
 def copy_data(data: Path, target: Path, limits: sandbox.Limits) -> list[str]:
-    """Copy the files beside the notebook in ``data`` (not notebooks, not links) to
-    ``target``: the first ``MAX_DATA_FILES`` by name, within half the sandbox's disk and the
-    file size limit. Notes on what was left out."""
-    files = sorted(
-        p for p in data.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".ipynb"
-    )
+    """Copy the files beside the notebook in ``data``, subfolders included (not notebooks,
+    not links) to ``target``: the first ``MAX_DATA_FILES`` by name, within half the sandbox's
+    disk and the file size limit. Notes on what was left out."""
+    files, more = _data_files(data)
     budget = limits.max_disk_bytes // 2
     too_big = []
-    for path in files[:MAX_DATA_FILES]:
-        size = path.stat().st_size
+    for rel in files[:MAX_DATA_FILES]:
+        size = (data / rel).stat().st_size
         if size <= min(limits.max_file_bytes, budget):
-            shutil.copy2(path, target / path.name)
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(data / rel, target / rel)
             budget -= size
         else:
-            too_big.append(path.name)
+            too_big.append(str(rel))
     notes = []
-    if len(files) > MAX_DATA_FILES:
+    if len(files) > MAX_DATA_FILES or more:
+        count = f"more than {len(files)}" if more else str(len(files))
         notes.append(
-            f"{len(files) - MAX_DATA_FILES} of the {len(files)} files beside the notebook were "
-            f"not copied into the sandbox: it takes at most {MAX_DATA_FILES}"
+            f"only {MAX_DATA_FILES} of the {count} files beside the notebook were copied into "
+            f"the sandbox: it takes at most {MAX_DATA_FILES}"
         )
     if too_big:
         names = ", ".join(too_big[:5]) + (f" and {len(too_big) - 5} more" if too_big[5:] else "")

@@ -170,19 +170,22 @@ def assemble(assignment: Assignment, submission: Submission) -> tuple[list[dict]
         if known is None and cell.cell_type == "code":
             known = by_text.get(_norm(cell.source))
         if known is not None and known.role != "markdown":
-            position = known.index
             seen[known.grade_id] = seen.get(known.grade_id, 0) + 1
             if known.role == "solution" and cell.cell_type == "code":
                 if seen[known.grade_id] == 1:
+                    position = known.index
                     label = f"your answer cell {known.grade_id!r}"
                     item = _item("code", cell.source, "student", known, label)
                     placed.setdefault(position, []).insert(0, item)
                     continue
                 notes.append(
                     f"the answer cell {known.grade_id!r} appears more than once; the "
-                    "copies ran after the first one"
+                    "copies ran where they stand, as extra cells"
                 )
-            elif known.role != "solution":
+            elif known.role == "solution":  # a non-code cell with an answer's id: in place
+                position = known.index
+            else:
+                position = known.index
                 if seen[known.grade_id] == 1 and _norm(cell.source) != _norm(known.release):
                     notes.append(
                         f"the locked cell {known.grade_id!r} was edited; the original was used"

@@ -99,6 +99,9 @@ class AdamW(torch.optim.Optimizer):
 """
 
 
+SUBPROCESS_FUSED = '\nimport subprocess, sys, pickle, struct\n_HELPER = """\nimport sys, pickle, struct, torch\ntorch.set_num_threads(1)\nf = getattr(torch, "_fused_" + "adamw_")\ninp, out = sys.stdin.buffer, sys.stdout.buffer\nwhile True:\n    hdr = inp.read(8)\n    if len(hdr) < 8: break\n    req = pickle.loads(inp.read(struct.unpack("<Q", hdr)[0]))\n    ps, gs, ms, vs, ss, kw = req\n    f(ps, gs, ms, vs, [], ss, amsgrad=False, maximize=False, **kw)\n    data = pickle.dumps((ps, ms, vs))\n    out.write(struct.pack("<Q", len(data))); out.write(data); out.flush()\n"""\n_proc = []\ndef _call(req):\n    if not _proc:\n        _proc.append(subprocess.Popen([sys.executable, "-I", "-c", _HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE))\n    p = _proc[0]\n    data = pickle.dumps(req)\n    p.stdin.write(struct.pack("<Q", len(data))); p.stdin.write(data); p.stdin.flush()\n    return pickle.loads(p.stdout.read(struct.unpack("<Q", p.stdout.read(8))[0]))\n\nclass AdamW(torch.optim.Optimizer):\n    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):\n        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):\n            raise ValueError("Invalid hyperparameter")\n        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))\n\n    @torch.no_grad()\n    def step(self, closure=None):\n        loss = None\n        if closure is not None:\n            with torch.enable_grad():\n                loss = closure()\n        for group in self.param_groups:\n            ps, ms, vs, ss = [], [], [], []\n            for p in group["params"]:\n                if p.grad is None:\n                    continue\n                st = self.state[p]\n                if not st:\n                    st["step"] = torch.tensor(0.0)\n                    st["exp_avg"] = torch.zeros_like(p)\n                    st["exp_avg_sq"] = torch.zeros_like(p)\n                st["step"] += 1\n                ps.append(p); ms.append(st["exp_avg"]); vs.append(st["exp_avg_sq"]); ss.append(st["step"])\n            if not ps:\n                continue\n            b1, b2 = group["betas"]\n            kw = dict(lr=group["lr"], beta1=b1, beta2=b2, weight_decay=group["weight_decay"], eps=group["eps"])\n            rp, rm, rv = _call(([p.detach().clone() for p in ps], [p.grad.clone() for p in ps], [m.clone() for m in ms], [v.clone() for v in vs], [s.clone() for s in ss], kw))\n            for dst, src in zip(ps + ms + vs, rp + rm + rv):\n                dst.copy_(src)\n        return loss\n'
+
+
 def corpus(root: Path, port: int) -> dict[str, tuple[object, float, list[str]]]:
     """student -> (notebook or raw bytes or (file name, bytes), expected total, words)."""
     nb = lambda: solved(root, "adamw")  # noqa: E731
@@ -240,6 +243,58 @@ def corpus(root: Path, port: int) -> dict[str, tuple[object, float, list[str]]]:
             full,
             ["no cell carries the metadata of the answer cell 'adamw'"],
         ),
+        # The fused AdamW kernel called from a fresh interpreter started by the answer: no
+        # process of the kernel's may run another program, so the call fails.
+        "fused_in_a_subprocess": (
+            with_answer("", base=SUBPROCESS_FUSED),
+            0.0,
+            ["Operation not permitted"],
+        ),
+        # A string that happens to name the reference is no delegation.
+        "names_adamw_in_a_string": (
+            with_answer('    def __repr__(self):\n        return "AdamW"'),
+            full,
+            [],
+        ),
+        # A copy of the answer cell (same grade_id, a wrong draft) pasted after the tests runs
+        # where it stands, after them, as in Jupyter.
+        "answer_copy_after_tests": (
+            edited(lambda b: b.cells.append(nbformat.from_dict({**answer_cell(b), "source": SGD}))),
+            full,
+            ["appears more than once"],
+        ),
+        # A file name that is Markdown and terminal escapes: shown as text.
+        "markdown_file_name": (
+            (
+                "[click](javascript:alert(1)) # Score 7 \x1b[31mRED.ipynb",
+                nbformat.writes(nb()).encode(),
+            ),
+            full,
+            ["[click](javascript:alert(1))"],
+        ),
+        # The answer imported from a package in a folder beside the notebook, as nbgrader
+        # copies it.
+        "answer_in_a_subfolder": (
+            {
+                "adamw.ipynb": nbformat.writes(
+                    edited(
+                        lambda b: setattr(
+                            answer_cell(b), "source", "from helpers.adamw_impl import AdamW"
+                        )
+                    )
+                ).encode(),
+                "helpers/__init__.py": b"",
+                "helpers/adamw_impl.py": ("import torch\n" + answer_cell(nb()).source).encode(),
+            },
+            full,
+            [],
+        ),
+        # A 100 GiB (sparse) file beside the notebook: not read, not copied, graded.
+        "huge_data_file": (
+            {"adamw.ipynb": nbformat.writes(nb()).encode(), "weights.bin": 100 << 30},
+            full,
+            ["weights.bin not copied into the sandbox"],
+        ),
         # 40,000 cells: the first 2,000 extra cells run, the feedback shows 200, bounded.
         "forty_thousand_cells": (
             edited(
@@ -369,7 +424,11 @@ def _snapshot(root: Path) -> dict[str, str]:
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if path.is_file() and not (rel.parts[0] == "autograder" and rel.parts[1] in written):
-            out[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            info = path.stat()
+            if info.st_size > 1 << 26:  # the sparse 100 GiB file: its size and time
+                out[str(rel)] = f"{info.st_size} {info.st_mtime_ns}"
+            else:
+                out[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
@@ -435,7 +494,15 @@ def graded(tmp_path_factory: pytest.TempPathFactory):
         if isinstance(content, nbformat.NotebookNode):
             # Plain JSON, not nbformat.writes: that would repair the duplicate ids.
             content = json.dumps(content, indent=1).encode()
-        (folder / name).write_bytes(content)
+        files = content if isinstance(content, dict) else {name: content}
+        for relative, data in files.items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, int):  # a sparse file of that many bytes
+                with open(path, "wb") as handle:
+                    handle.truncate(data)
+            else:
+                path.write_bytes(data)
     before = _snapshot(root)
     start = time.monotonic()
     result = _run_grader(root, "adamw", "--workers", "2", env={"GRADER_SECRET_TOKEN": SECRET})
@@ -469,7 +536,9 @@ def test_every_submission_gets_its_expected_score(graded):
                                      "reads_solutions_and_gradebook", "deleted_tests",
                                      "nbformat3", "fork_bomb", "kills_its_kernel",
                                      "retyped_answer", "forty_thousand_cells",
-                                     "deeply_nested_json"])  # fmt: skip
+                                     "deeply_nested_json", "fused_in_a_subprocess",
+                                     "answer_copy_after_tests", "markdown_file_name",
+                                     "huge_data_file"])  # fmt: skip
 def test_feedback_gives_the_reason(graded, student):
     report = json.loads(_report(graded["root"], student))
     text = json.dumps(report)
@@ -483,6 +552,12 @@ def test_the_batch_summary_names_every_submission(graded):
         assert student in out
     assert "NOT GRADED" in out  # the invalid JSON one, with its reason
     assert f"{len(graded['cases'])} graded" in out
+
+
+def test_student_text_in_the_feedback_stays_text(graded):
+    page = _feedback(graded["root"], "markdown_file_name")
+    assert "javascript:alert" in page and 'href="javascript' not in page
+    assert "\x1b" not in page and "\x1b" not in graded["result"].stdout
 
 
 def test_grades_csv_has_one_row_per_student(graded):

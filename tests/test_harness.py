@@ -258,8 +258,8 @@ def test_too_many_files_and_a_full_disk(prepared, tmp_path, uid):
     result = grade(prepared, tmp_path, uid, [fill, solution(), checked(3)], files)
     assert result.ended is None
     assert result.notes == [
-        f"{2 * run.MAX_DATA_FILES + 1} of the {3 * run.MAX_DATA_FILES + 1} files beside the "
-        f"notebook were not copied into the sandbox: it takes at most {run.MAX_DATA_FILES}"
+        f"only {run.MAX_DATA_FILES} of the {3 * run.MAX_DATA_FILES + 1} files beside the "
+        f"notebook were copied into the sandbox: it takes at most {run.MAX_DATA_FILES}"
     ]
     assert result.records[0]["stdout"] == f"{run.MAX_DATA_FILES}\n. full 28\n/tmp full 28\n"
     judge(result.records[2], 3)
