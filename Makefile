@@ -46,36 +46,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	@touch $(STAMP)
 
-# The grading sandbox (make grade, and the grader's tests) needs bubblewrap. Installed once,
-# where we may (root with apt-get); otherwise the one command that would, and the sandbox
-# tests are skipped with that reason (the test run's last lines say how many).
-$(SANDBOX_STAMP): | $(STAMP)
-	@if command -v bwrap >/dev/null 2>&1; then \
-	    echo "grading sandbox: bubblewrap is installed ($$(command -v bwrap))"; touch $@; \
+# A Debian package the tests need, installed once where we may (root with apt-get): otherwise
+# the one command that would, and the tests that need it are skipped with that reason.
+# $(call apt_once,WHAT,COMMAND,PACKAGE)
+define apt_once
+	@if command -v $(2) >/dev/null 2>&1; then \
+	    echo "$(1): $(3) is installed ($$(command -v $(2)))"; touch $@; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "grading sandbox: installing bubblewrap with apt-get (once)"; \
-	    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1; then \
-	        echo "grading sandbox: bubblewrap installed"; touch $@; \
-	    else echo "grading sandbox: apt-get could not install bubblewrap; run: sudo apt-get install bubblewrap"; fi; \
+	    echo "$(1): installing $(3) with apt-get (once)"; \
+	    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(3)) >/dev/null 2>&1; then \
+	        echo "$(1): $(3) installed"; touch $@; \
+	    else echo "$(1): apt-get could not install $(3); run: sudo apt-get install $(3)"; fi; \
 	else \
-	    echo "grading sandbox: bubblewrap is missing; install it with: sudo apt-get install bubblewrap"; \
+	    echo "$(1): $(3) is missing; install it with: sudo apt-get install $(3)"; \
 	fi
+endef
+
+# The grading sandbox (make grade, and the grader's tests) needs bubblewrap; the test run's
+# last lines say how many sandbox tests were skipped without it.
+$(SANDBOX_STAMP): | $(STAMP)
+	$(call apt_once,grading sandbox,bwrap,bubblewrap)
 
 # The browser tests (tests/test_browser.py) read the built book in Debian's Chromium, driven
 # by Playwright (installed with the course) through its executable path: nothing downloads a
-# browser. Installed once, where we may (root with apt-get); otherwise the one command that
-# would, and the browser tests are skipped with that reason.
+# browser.
 $(BROWSER_STAMP): | $(STAMP)
-	@if command -v chromium >/dev/null 2>&1; then \
-	    echo "browser tests: chromium is installed ($$(command -v chromium))"; touch $@; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "browser tests: installing chromium with apt-get (once)"; \
-	    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; then \
-	        echo "browser tests: chromium installed"; touch $@; \
-	    else echo "browser tests: apt-get could not install chromium; run: sudo apt-get install chromium"; fi; \
-	else \
-	    echo "browser tests: chromium is missing; install it with: sudo apt-get install chromium"; \
-	fi
+	$(call apt_once,browser tests,chromium,chromium)
 
 # jupyter-cache re-executes a chapter when its code changes, but cannot see course_lib:
 # empty the cache whenever any file under course_lib/ (or the config) changed since the
