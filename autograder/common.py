@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import math
+import operator
 import os
 import struct
 import sys
@@ -264,7 +265,9 @@ def describe_value(value: Any) -> dict[str, Any]:
 
 
 def describe_number(value: Any) -> dict[str, Any]:
-    """What :func:`as_float` needs to accept ``value`` as one number or say why not."""
+    """What :func:`number_from` needs to accept ``value`` as one number or say why not. An
+    integer (a Python, NumPy or 0-d tensor integer) is kept as an ``int``: JSON carries it
+    exactly, and byte counts, block counts and step numbers are judged exactly."""
     try:
         if isinstance(value, Tensor):
             if value.numel() != 1:
@@ -281,6 +284,10 @@ def describe_number(value: Any) -> dict[str, Any]:
             return {"kind": "bad_number", "repr": text}
         if not isinstance(number, float):
             return {"kind": "bad_number", "repr": text}
+        with contextlib.suppress(Exception):  # not an integer, or a misbehaving one
+            integer = int(operator.index(value))
+            if float(integer) == number:  # the same number, of a bounded size
+                return {"kind": "number", "value": integer, "repr": text}
         return {"kind": "number", "value": number, "repr": text}
     except Exception as error:  # a student's object that misbehaves when looked at
         return {"kind": "bad_number", "repr": f"<{describe_exception(error)}>"}

@@ -16,9 +16,7 @@ This module may import only the standard library, torch, :mod:`.common` and
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import operator
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -295,19 +293,6 @@ def closure_problem(seed: int, device: torch.device) -> ClosureProblem:
 # --------------------------------------------------------------------------------------
 # Recording.
 # --------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> dict[str, Any]:
-    """:func:`describe_number`, with an integer (a Python, NumPy or 0-d tensor integer) kept
-    as an ``int``: JSON carries it exactly, and byte counts, block counts and step numbers
-    are judged exactly."""
-    described = describe_number(value)
-    if described["kind"] == "number":
-        with contextlib.suppress(Exception):  # not an integer, or a misbehaving one
-            integer = int(operator.index(value.item() if isinstance(value, Tensor) else value))
-            if float(integer) == described["value"]:  # the same number, of a bounded size
-                described["value"] = integer
-    return described
 
 
 class _Stop(Exception):
@@ -593,7 +578,7 @@ def observe_adamw_state_and_closure(record: Recorder, cls: Any, inputs: dict[str
                 "calls": len(losses),
                 "closure_loss": losses[-1].item() if losses else None,
                 "returned_tensor": isinstance(loss, Tensor),
-                "returned": _number(loss) if isinstance(loss, Tensor) else None,
+                "returned": describe_number(loss) if isinstance(loss, Tensor) else None,
                 "repr": short_repr(loss),
             }
         )
@@ -604,7 +589,7 @@ def observe_adamw_state_and_closure(record: Recorder, cls: Any, inputs: dict[str
         keys = list(state)
         described["keys"] = [short_str(k, 100) for k in keys[:MAX_ITEMS]]
         if "step" in state:
-            described["step"] = _number(state["step"])
+            described["step"] = describe_number(state["step"])
             described["step_repr"] = short_repr(state["step"])
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
@@ -637,7 +622,7 @@ def observe_calls(record: Recorder, function: Any, inputs: dict[str, Any]) -> No
     record.data["results"] = results
     for args, kwargs in calls:
         got = record.call(function, *args, call="call", kind=kind, **kwargs)
-        results.append(_number(got))
+        results.append(describe_number(got))
 
 
 def observe_dict_calls(record: Recorder, function: Any, inputs: dict[str, Any]) -> None:
@@ -653,7 +638,7 @@ def observe_dict_calls(record: Recorder, function: Any, inputs: dict[str, Any]) 
             names = list(got)
             entry["keys"] = [k for k in names if isinstance(k, str)][:MAX_ITEMS]
             entry["other_keys"] = sum(1 for k in names if not isinstance(k, str))
-            entry["values"] = {k: _number(got[k]) for k in keys if k in got}
+            entry["values"] = {k: describe_number(got[k]) for k in keys if k in got}
         results.append(entry)
 
 
@@ -666,7 +651,7 @@ def observe_value(record: Recorder, value: Any, inputs: dict[str, Any]) -> None:
         "type": type(value).__name__,
         "mro": [f"{c.__module__}.{c.__qualname__}" for c in type(value).__mro__][:MAX_ITEMS],
         "repr": short_repr(value),
-        "number": _number(value),
+        "number": describe_number(value),
         "container": next((c.__name__ for c in _CONTAINERS if isinstance(value, c)), None),
     }
     record.data["value"] = described
