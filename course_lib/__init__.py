@@ -3,6 +3,9 @@
 One module per idea the chapters teach:
 
 - :mod:`course_lib.runtime`: device, problem scale, threads and seeds, chosen in one place.
+- :mod:`course_lib.seeds`, :mod:`course_lib.sweeps`, :mod:`course_lib.claims`: experiments
+  run over seeds with their spread, optima that must lie inside their grid, and the
+  chapters' sentences checked against their data.
 - :mod:`course_lib.optim`: Adam and AdamW that match ``torch.optim``, with a readable core;
   8-bit AdamW and a compiled fused AdamW.
 - :mod:`course_lib.adam_analysis`: what Adam's update does, step by step, on toy gradients.

@@ -380,3 +380,24 @@ def test_make_publish_is_a_dry_run_of_notebooks_and_book():
     )
     assert dry.returncode == 0, dry.stderr
     assert "NOTEBOOKS_PY" in dry.stdout and "book" in dry.stdout
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_build_prints_each_chapters_execution_time(built_book):
+    cache = built_book.parent / ".jupyter_cache"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.book_times", "--cache", str(cache)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = dict(re.findall(r"^(\w+)\s+([\d.]+)\s+[\d.]+%$", result.stdout, flags=re.M))
+    executed = [
+        c.split("/")[-1] for c in CHAPTERS if "{code-cell}" in (ROOT / f"{c}.md").read_text()
+    ]
+    assert set(executed) <= set(rows), f"chapters missing from the table:\n{result.stdout}"
+    total = float(rows.pop("total"))
+    assert total == pytest.approx(sum(float(s) for s in rows.values()), abs=0.1 * len(rows))
