@@ -82,6 +82,7 @@ book: setup
 	 old=$$(cat $(BOOK_HASH) 2>/dev/null); \
 	 if [ "$$new" != "$$old" ]; then echo "course_lib changed: clearing the execution cache"; rm -rf $(BOOK_CACHE); fi; \
 	 COURSE_PROGRESS=0 $(VENV)/bin/jupyter-book build . -W --keep-going && echo "$$new" > $(BOOK_HASH)
+	@$(PY) -m benchmarks.book_times --cache $(BOOK_CACHE)
 	@echo "Open _build/html/index.html"
 
 test: setup lint
