@@ -1,10 +1,14 @@
-"""The learning-rate range test (Smith, 2017): sweep the rate up, watch the loss, pick a rate.
+"""The learning-rate range test: sweep the rate up, watch the loss, pick a rate.
 
-Leslie Smith's test ("Cyclical Learning Rates for Training Neural Networks", WACV 2017;
-popularised as fastai's ``lr_find``) trains for a few hundred steps while the learning rate
-grows from tiny to huge, and records the loss against the rate. At first the rate is too
-small to change anything; then the loss starts to fall, falls fastest, bottoms out, and
-finally blows up. The curve shows, in one short run, the range of rates a model tolerates.
+Leslie Smith's "LR range test" ("Cyclical Learning Rates for Training Neural Networks",
+WACV 2017, arXiv:1506.01186) trains for a few epochs while the learning rate grows
+*linearly* between two bounds, and reads the accuracy against the rate. fastai's ``lr_find``
+(https://github.com/fastai/fastai/blob/master/fastai/callback/schedule.py) made it the
+common tool in the form this module follows: the rate grows *exponentially* from tiny to huge
+(by default 1e-7 to 10 in 100 minibatches), the smoothed training loss is recorded, and the
+sweep stops once it exceeds four times its minimum. At first the rate is too small to change
+anything; then the loss starts to fall, falls fastest, bottoms out, and finally blows up. The
+curve shows, in one short run, the range of rates a model tolerates.
 
 :func:`lr_range_test` runs it on any model and ``torch.optim`` optimizer:
 
@@ -30,7 +34,8 @@ Two documented rules turn the curve into one suggested rate (``RangeTestResult.s
 ``"min/10"`` (the default)
     The rate at the smallest smoothed loss, divided by 10. At the minimum the rate is already
     so large that the loss is about to rise; a tenth of it is a rate that still trains fast
-    and leaves room for noise (fastai's ``lr_min``).
+    and leaves room for noise (fastai's ``minimum`` suggestion, once called ``lr_min``; not a
+    rule from Smith's papers).
 ``"steepest"``
     The rate where the smoothed loss falls fastest per decade of rate: the most negative
     slope ``d smoothed / d log10(lr)`` among the recorded steps before the minimum (the idea
