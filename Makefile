@@ -113,6 +113,19 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.adamw8bit
 	$(PY) -m benchmarks.grading
 
+# The GPU check (benchmarks/gpu_check.py): first the CPU-side preparation (the Memory chapter
+# converted by jupytext into benchmarks/gpu_check_memory.py, kept when jupytext is missing),
+# then the check. With a CUDA device: the CUDA tests, the AdamW step at 1B parameters, the
+# 8-bit step and the chapter at COURSE_SCALE=full, within 8 minutes, results in
+# benchmarks/results/gpu_check_<gpu>.json. Without one it lists what it would run and exits
+# 0 (CI runs that). Needs only torch, numpy, matplotlib, pytest and tqdm on the GPU machine,
+# and uses .venv when there is one, else $(PYTHON).
+.PHONY: gpu-check
+GPU_CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_CHECK_PY) -m benchmarks.gpu_check --prepare
+	$(GPU_CHECK_PY) -m benchmarks.gpu_check
+
 # Student code is untrusted: course-grade refuses to run without a bubblewrap sandbox.
 grade: export PATH := $(VENV_PATH)
 grade: setup

@@ -271,3 +271,152 @@ def test_bad_group_and_bad_tensors():
         dequantize_blockwise(torch.zeros(4, dtype=torch.uint8), torch.ones(2), dynamic_map(), 4)
     with pytest.raises(ValueError, match="qmap"):
         quantize_blockwise(torch.zeros(4), torch.zeros(10))
+
+
+# The fast path: same bytes as the readable path.
+
+from course_lib.optim import adamw8bit_kernel  # noqa: E402
+
+
+def _compiler_or_skip():
+    try:
+        adamw8bit_kernel._compiler()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_code_tables_give_the_readable_quantizers_codes(signed):
+    # Every threshold, its float neighbours, every map value, random values, zeros, infinities:
+    # base[b] + (x > thr[b]) must be the code quantize_blockwise picks.
+    qmap = dynamic_map(signed)
+    thresholds = adamw8bit_kernel.code_thresholds(qmap)
+    assert thresholds.shape == (255,) and torch.all(thresholds[1:] > thresholds[:-1])
+    assert torch.all((thresholds >= qmap[:-1]) & (thresholds < qmap[1:]))
+    up, down = torch.full_like(thresholds, 2.0), torch.full_like(thresholds, -2.0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([
+        thresholds, torch.nextafter(thresholds, up), torch.nextafter(thresholds, down), qmap,
+        torch.rand(200_000, generator=gen) * 2 - 1, torch.logspace(-12, 0, 5000),
+        -torch.logspace(-12, 0, 5000), torch.tensor([0.0, -0.0, 1.0, -1.0]),
+    ]).clamp(-1, 1)  # fmt: skip
+    if not signed:
+        x = x.abs()
+    codes, absmax = quantize_blockwise(x, qmap, block_size=x.numel())
+    assert absmax.item() == 1.0
+    base, thr = adamw8bit_kernel.code_tables(qmap)
+    bits = x.view(torch.int32)
+    b = ((bits & 0x7FFFFFFF) >> adamw8bit_kernel.SHIFT) - (adamw8bit_kernel.MIN_EXPONENT << 7)
+    b = b.clamp(0, adamw8bit_kernel.BUCKETS - 1) + (x < 0).int() * adamw8bit_kernel.BUCKETS
+    table_codes = base[b] + (x > thr[b]).int()
+    assert torch.equal(table_codes, codes.int()), "a table code differs from the nearest code"
+
+
+def test_code_tables_reject_a_map_too_fine_for_the_buckets():
+    fine = torch.sort(torch.cat([torch.linspace(0.5, 0.5 + 255 * 1e-6, 255), torch.ones(1)]))[0]
+    with pytest.raises(ValueError, match="two thresholds"):
+        adamw8bit_kernel.code_tables(fine)
+    with pytest.raises(ValueError, match="qmap"):
+        adamw8bit_kernel.code_thresholds(torch.zeros(10))
+
+
+def _same_bytes(ours, reference, ps, qs, label):
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q), f"{label}: weights of {tuple(p.shape)} differ"
+        sa, sb = ours.state[p], reference.state[q]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), (
+                f"{label}: state {key!r} of {tuple(p.shape)} differs"
+            )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"block_size": 256, "lr": 1e-1, "eps": 1e-3},
+        {"weight_decay": 0.0, "maximize": True, "betas": (0.3, 0.99)},
+    ],
+    ids=["defaults", "block-256", "maximize-small-beta1"],
+)
+def test_fast_path_writes_the_same_bytes_as_the_readable_path(kwargs):
+    _compiler_or_skip()
+    gen = torch.Generator().manual_seed(0)
+    # A partial last block (5000, 300x301), exactly one block (2048), less than one (7), a
+    # float32 state (below min_8bit_size), a bf16 and a transposed tensor (readable path).
+    shapes = [(64, 100), (5000,), (2048,), (300, 301), (7,), (40,)]
+    ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    ps.append(torch.nn.Parameter(torch.randn(70, 90, generator=gen).to(torch.bfloat16)))
+    ps.append(torch.nn.Parameter(torch.randn(90, 70, generator=gen).t()))
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    fast = AdamW8bit(ps, min_8bit_size=20, fast=True, **kwargs)
+    readable = AdamW8bit(qs, min_8bit_size=20, **kwargs)
+    for step in range(6):
+        for p, q in zip(ps, qs, strict=True):
+            # Gradients over five decades inside every block, and a zero block at step 3.
+            g = torch.randn(p.shape, generator=gen) * torch.logspace(-5, 0, p.shape[-1])
+            if step == 3:
+                g.view(-1)[:2048] = 0
+            p.grad, q.grad = g.to(p.dtype), g.to(q.dtype)
+        fast.step()
+        readable.step()
+        _same_bytes(fast, readable, ps, qs, f"step {step + 1}")
+    assert fast.state[ps[0]]["exp_avg"].dtype == torch.uint8
+    assert fast.state[ps[4]]["exp_avg"].dtype == torch.float32
+
+
+def test_fast_and_readable_state_dicts_are_interchangeable():
+    _compiler_or_skip()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(100, 60)
+    data = torch.randn(16, 100)
+
+    def one_step(m, o):
+        o.zero_grad()
+        m(data).square().mean().backward()
+        o.step()
+
+    readable = AdamW8bit(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        one_step(model, readable)
+    twin = copy.deepcopy(model)
+    fast = AdamW8bit(twin.parameters(), lr=1e-2, fast=True)
+    fast.load_state_dict(copy.deepcopy(readable.state_dict()))
+    assert fast.param_groups[0]["fast"] is True, "loading a state must keep fast=True"
+    for _ in range(3):
+        one_step(model, readable)
+        one_step(twin, fast)
+    _same_bytes(fast, readable, list(twin.parameters()), list(model.parameters()), "resumed")
+
+
+def test_fast_must_be_a_bool():
+    with pytest.raises(TypeError, match="fast"):
+        AdamW8bit([torch.nn.Parameter(torch.zeros(3))], fast=1)
+
+
+def test_8bit_is_adamw_with_round_tripped_states():
+    # What makes 8-bit AdamW train differently is the rounding of m and v, nothing else (no
+    # other eps, bias correction or order): fp32 AdamW whose moments are replaced by their
+    # 8-bit round trip after every step gives the same weights, bit for bit.
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3000))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = AdamW8bit([p], lr=1e-2, block_size=512, min_8bit_size=0)
+    reference = AdamW([q], lr=1e-2, foreach=False)
+    signed, unsigned = dynamic_map(True), dynamic_map(False)
+    for _ in range(20):
+        g = torch.randn(3000) * torch.logspace(-4, 0, 3000)
+        p.grad, q.grad = g, g.clone()
+        ours.step()
+        reference.step()
+        state = reference.state[q]
+        with torch.no_grad():
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.copy_(dequantize_blockwise(*quantize_blockwise(m, signed, 512), signed, 512))
+            v.copy_(
+                dequantize_blockwise(
+                    *quantize_blockwise(v, unsigned, 512, keep_nonzero=True), unsigned, 512
+                )
+            )
+        assert torch.equal(p, q)

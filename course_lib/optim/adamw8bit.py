@@ -13,10 +13,16 @@ per parameter for both, and does the arithmetic in float32 as before:
 Two ideas from the paper make 8 bits enough:
 
 - **Block-wise scaling.** One outlier only coarsens its own block, not the whole tensor.
-- **A non-linear map.** :func:`dynamic_map` (the "dynamic tree" map) spends its 256 codes
-  roughly evenly on each decade from ``1e-7`` to 1, so small values keep their relative
-  precision. ``m`` uses the signed map; ``v`` (never negative) the unsigned one, which has
-  twice the resolution.
+- **A non-linear map.** :func:`dynamic_map` (the "dynamic tree" map) covers seven decades,
+  ``1e-7`` to 1, but not evenly: per sign it spends 64 codes on ``[0.1, 1]``, 32 on the
+  decade below, then 16, 8, 4, 2 and 1. A value rounds to the nearest code with a relative
+  error of at most 7 % on ``[0.1, 1]`` of its block's absmax and 14 % a decade below (half
+  that with the unsigned map), and values down to ``1e-7`` are still told apart from 0. ``m`` uses the signed map; ``v`` (never negative) the unsigned one,
+  which spends the sign bit on resolution (128, 64, ..., 2 codes per decade).
+
+``AdamW8bit(..., fast=True)`` does the same arithmetic in one pass per tensor, in a small C
+kernel (:mod:`course_lib.optim.adamw8bit_kernel`), with bit-for-bit the same codes, scales and
+weights, for contiguous float32 tensors on the CPU; other tensors take the readable path.
 
 Tensors with fewer than ``min_8bit_size`` elements (biases, norms) keep float32 states, as in
 the paper's implementation: they are a negligible share of the memory.
@@ -36,6 +42,7 @@ import torch
 from torch import Tensor
 
 from course_lib._checks import check_positive_int
+from course_lib.optim import adamw8bit_kernel
 from course_lib.optim.adam import _as_float, _check_hyperparameters
 from course_lib.optim.functional import adam_step
 
@@ -150,7 +157,9 @@ class AdamW8bit(torch.optim.Optimizer):
     The constructor takes :class:`course_lib.optim.AdamW`'s arguments and two more:
     ``block_size`` (elements per absmax scale, default 2048 as in the paper) and
     ``min_8bit_size`` (tensors with fewer elements keep float32 states, default 4096).
-    ``amsgrad`` is not offered. ``state_dict()`` saves the codes and scales as they are, and
+    ``fast=True`` updates contiguous float32 CPU tensors with the fused kernel of
+    :mod:`course_lib.optim.adamw8bit_kernel` (same bytes, compiled with the system's C
+    compiler at the first step). ``amsgrad`` is not offered. ``state_dict()`` saves the codes and scales as they are, and
     ``load_state_dict()`` restores them without casting them to the parameters' dtype.
     """
 
@@ -165,8 +174,11 @@ class AdamW8bit(torch.optim.Optimizer):
         maximize: bool = False,
         block_size: int = DEFAULT_BLOCK_SIZE,
         min_8bit_size: int = DEFAULT_MIN_8BIT_SIZE,
+        fast: bool = False,
     ) -> None:
         check_positive_int("block_size", block_size)
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int):
             raise TypeError(f"min_8bit_size must be an int, got {type(min_8bit_size).__name__}")
         if min_8bit_size < 0:
@@ -179,6 +191,7 @@ class AdamW8bit(torch.optim.Optimizer):
             "maximize": maximize,
             "block_size": block_size,
             "min_8bit_size": min_8bit_size,
+            "fast": fast,
         }
         _check_hyperparameters(defaults)
         super().__init__(params, defaults)
@@ -219,8 +232,6 @@ class AdamW8bit(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = (_as_float(b) for b in group["betas"])
-            block_size = group["block_size"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -228,47 +239,57 @@ class AdamW8bit(torch.optim.Optimizer):
                     raise RuntimeError("AdamW8bit does not support sparse gradients")
                 state = self._init_state(p, group)
                 state["step"] += 1
-                quantized = "exp_avg_absmax" in state
-                if quantized:
-                    signed_map, unsigned_map = _map(True, p.device), _map(False, p.device)
-                    exp_avg = dequantize_blockwise(
-                        state["exp_avg"], state["exp_avg_absmax"], signed_map, block_size
+                if group.get("fast", False) and adamw8bit_kernel.eligible(p, p.grad, state):
+                    adamw8bit_kernel.kernel().step(
+                        p,
+                        p.grad,
+                        state,
+                        **_arguments(group),
+                        block_size=group["block_size"],
+                        step=state["step"].item(),
                     )
-                    exp_avg_sq = dequantize_blockwise(
-                        state["exp_avg_sq"], state["exp_avg_sq_absmax"], unsigned_map, block_size
-                    )
-                    exp_avg, exp_avg_sq = exp_avg.view(p.shape), exp_avg_sq.view(p.shape)
                 else:
-                    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                work = p if p.dtype == torch.float32 else p.float()
-                adam_step(
-                    work,
-                    p.grad.float(),
-                    exp_avg,
-                    exp_avg_sq,
-                    None,
-                    state["step"].item(),
-                    lr=_as_float(group["lr"]),
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                    decoupled_weight_decay=True,
-                    maximize=group["maximize"],
-                )
-                if work is not p:
-                    p.copy_(work)
-                if quantized:
-                    for key, value, qmap in (
-                        ("exp_avg", exp_avg, signed_map),
-                        ("exp_avg_sq", exp_avg_sq, unsigned_map),
-                    ):
-                        codes, absmax = quantize_blockwise(
-                            value, qmap, block_size, keep_nonzero=key == "exp_avg_sq"
-                        )
-                        state[key].copy_(codes)
-                        state[f"{key}_absmax"].copy_(absmax)
+                    self._update(p, state, group)
         return loss
+
+    def _update(self, p: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
+        """The readable step of one tensor: dequantize, ``adam_step``, quantize."""
+        block_size = group["block_size"]
+        quantized = "exp_avg_absmax" in state
+        if quantized:
+            signed_map, unsigned_map = _map(True, p.device), _map(False, p.device)
+            exp_avg = dequantize_blockwise(
+                state["exp_avg"], state["exp_avg_absmax"], signed_map, block_size
+            )
+            exp_avg_sq = dequantize_blockwise(
+                state["exp_avg_sq"], state["exp_avg_sq_absmax"], unsigned_map, block_size
+            )
+            exp_avg, exp_avg_sq = exp_avg.view(p.shape), exp_avg_sq.view(p.shape)
+        else:
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        work = p if p.dtype == torch.float32 else p.float()
+        adam_step(
+            work,
+            p.grad.float(),
+            exp_avg,
+            exp_avg_sq,
+            None,
+            state["step"].item(),
+            **_arguments(group),
+            decoupled_weight_decay=True,
+        )
+        if work is not p:
+            p.copy_(work)
+        if quantized:
+            for key, value, qmap in (
+                ("exp_avg", exp_avg, signed_map),
+                ("exp_avg_sq", exp_avg_sq, unsigned_map),
+            ):
+                codes, absmax = quantize_blockwise(
+                    value, qmap, block_size, keep_nonzero=key == "exp_avg_sq"
+                )
+                state[key].copy_(codes)
+                state[f"{key}_absmax"].copy_(absmax)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict``; codes stay uint8 and scales float32 whatever the params' dtype.
@@ -276,7 +297,10 @@ class AdamW8bit(torch.optim.Optimizer):
         ``torch.optim.Optimizer.load_state_dict`` casts every floating-point state tensor to
         its parameter's dtype, which would turn codes into floats and round bf16 scales. The
         tensors are held apart while it runs and put back, moved to the parameter's device.
+        ``fast`` says how this optimizer computes, not what it learned: it is kept, whatever
+        the saved groups say (the state format is the same either way).
         """
+        fast = [group.get("fast", False) for group in self.param_groups]
         saved_state = state_dict["state"]
         kept = {
             pid: {k: v for k, v in s.items() if k != "step" and isinstance(v, Tensor)}
@@ -299,3 +323,18 @@ class AdamW8bit(torch.optim.Optimizer):
             p = id_to_param[pid]
             for key, value in tensors.items():
                 self.state[p][key] = value.to(device=p.device, copy=True)
+        for group, keep in zip(self.param_groups, fast, strict=True):
+            group["fast"] = keep
+
+
+def _arguments(group: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``adam_step`` that a parameter group sets."""
+    beta1, beta2 = (_as_float(b) for b in group["betas"])
+    return {
+        "lr": _as_float(group["lr"]),
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": group["eps"],
+        "weight_decay": group["weight_decay"],
+        "maximize": group["maximize"],
+    }
