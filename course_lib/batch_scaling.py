@@ -19,12 +19,27 @@ linear rule, when the batch outgrows the gradient noise scale (the critical batc
 larger batch buys little.
 
 **Warmup.** Both rules are statements about training per *example* seen: a run with ``kappa``
-times the batch takes ``kappa`` times fewer steps over the same data. Kept equal in examples
-(samples, tokens, epochs), a warmup of ``W`` steps becomes ``W / kappa`` steps. Goyal et al.
-did exactly this (5 epochs at every batch size). Arguments tied to the *step* count instead,
-such as Adam's second-moment estimate needing about ``2 / (1 - beta2)`` updates (Ma & Yarats
-2021), keep ``W`` steps when ``beta2`` is kept, and give ``W / kappa`` steps when ``beta2`` is
-scaled by the square-root rule. :class:`ScaledHyperparameters` reports both counts.
+times the batch takes ``kappa`` times fewer steps over the same data, so a warmup kept equal
+in examples (samples, tokens, epochs) becomes ``W / kappa`` steps. The three sources agree
+once each rule is applied in full:
+
+- Goyal et al. 2017 (linear rule, SGD) ramp the rate over 5 *epochs* at every batch size:
+  fixed examples, ``kappa`` times fewer steps.
+- Malladi et al. 2022 (square-root rule, Adam): one step of the scaled run stands for
+  ``kappa`` steps of the old one on the time axis of their SDE (step ``k`` sits at time
+  ``k * lr**2``, and ``lr**2`` grew by ``kappa``), so a schedule that follows the SDE's time,
+  warmup included, lasts ``W / kappa`` steps: fixed examples.
+- Ma & Yarats 2021: the untuned warmup for Adam is ``2 / (1 - beta2)`` steps
+  (:func:`untuned_warmup_steps`, 2000 for ``beta2 = 0.999``). It counts *steps* of the
+  second-moment average, so it follows ``beta2``: with ``beta2`` kept (the linear rule, or a
+  practitioner who keeps Adam's defaults) it stays ``W`` steps; with the square-root rule's
+  ``beta2 -> 1 - kappa (1 - beta2)`` it becomes ``W / kappa`` steps, the same examples again.
+
+:class:`ScaledHyperparameters` reports the warmup in examples, the step count for those who
+keep steps, and Ma & Yarats' untuned count for the new ``beta2``.
+
+**LARS** (You et al. 2017) gives each layer the local rate ``eta * |w| / (|grad L| + beta |w|)``
+with a trust coefficient ``eta`` and the weight decay ``beta`` (:func:`lars_local_lr`).
 
 Bad arguments raise ``ValueError`` naming the argument and the allowed range.
 """
@@ -34,22 +49,34 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from course_lib.seeds import bootstrap_interval
+from course_lib.sweeps import EdgeOptimum, interior_best, sweep_until_interior
 
 __all__ = [
     "RULES",
+    "ExponentFit",
+    "LRSweep",
     "ScaledHyperparameters",
     "batch_ratio",
     "best_lr",
+    "compare_with_rules",
+    "fit_lr_exponent",
     "fit_power_law",
+    "lars_local_lr",
     "linear_rule",
     "scale_hyperparameters",
+    "separates_rules",
     "sqrt_rule",
     "sqrt_rule_beta",
     "sqrt_rule_max_kappa",
+    "sweep_lr",
+    "untuned_warmup_steps",
     "warmup_samples",
     "warmup_steps_for_samples",
 ]
@@ -155,6 +182,17 @@ def sqrt_rule_max_kappa(betas: Sequence[float] = (0.9, 0.999)) -> float:
     return 1.0 / (1.0 - min(beta1, beta2))
 
 
+def untuned_warmup_steps(beta2: float) -> int:
+    """Ma & Yarats' (2021) untuned linear warmup for Adam: ``2 / (1 - beta2)`` steps, rounded.
+
+    2000 steps for ``beta2 = 0.999``, 20 for ``beta2 = 0.9``. The count is in *steps* of the
+    second-moment average, whose memory is ``1 / (1 - beta2)`` steps: scaling ``beta2`` by the
+    square-root rule (``1 - kappa (1 - beta2)``) divides it by ``kappa``.
+    """
+    beta2 = _check_beta("beta2", beta2)
+    return round(2.0 / (1.0 - beta2))
+
+
 def warmup_samples(warmup_steps: int, batch_size: int) -> int:
     """The number of examples a warmup of ``warmup_steps`` at ``batch_size`` spans."""
     return _check_warmup_steps(warmup_steps) * _check_batch_size("batch_size", batch_size)
@@ -186,7 +224,10 @@ class ScaledHyperparameters:
 
     ``warmup_steps`` keeps the warmup equal in examples (the rules' own reading);
     ``warmup_steps_same_steps`` is the count for those who keep it equal in steps;
-    ``warmup_samples`` is the number of examples both before and after.
+    ``warmup_samples`` is the number of examples both before and after;
+    ``untuned_warmup_steps`` is Ma & Yarats' ``2 / (1 - beta2)`` for the *new* ``beta2``
+    (:func:`untuned_warmup_steps`): under the square-root rule it falls by ``kappa`` with
+    ``1 - beta2``, under the linear rule (``beta2`` kept) it does not change.
     """
 
     rule: str
@@ -198,6 +239,7 @@ class ScaledHyperparameters:
     warmup_steps: int
     warmup_steps_same_steps: int
     warmup_samples: int
+    untuned_warmup_steps: int
 
     def summary(self) -> str:
         """One line for a table: batch, lr, betas, eps and both warmup counts."""
@@ -205,7 +247,8 @@ class ScaledHyperparameters:
             f"{self.rule:>6} rule, batch {self.batch_size}: lr {self.lr:.3g}, "
             f"betas ({self.betas[0]:.4g}, {self.betas[1]:.4g}), eps {self.eps:.3g}, "
             f"warmup {self.warmup_steps} steps ({self.warmup_samples:,} samples) "
-            f"or {self.warmup_steps_same_steps} steps if counted in steps"
+            f"or {self.warmup_steps_same_steps} steps if counted in steps; untuned "
+            f"2 / (1 - beta2) = {self.untuned_warmup_steps} steps"
         )
 
 
@@ -287,42 +330,150 @@ def _scale(
         warmup_steps=warmup_steps_for_samples(samples, batch_size),
         warmup_steps_same_steps=warmup_steps,
         warmup_samples=samples,
+        untuned_warmup_steps=untuned_warmup_steps(new_betas[1]),
     )
+
+
+# --- LARS -----------------------------------------------------------------------------------
+
+
+def lars_local_lr(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    trust_coefficient: float = 0.001,
+    weight_decay: float = 0.0,
+) -> float:
+    """LARS's local learning rate of one layer (You et al. 2017, eq. 6).
+
+    ``trust_coefficient * |w| / (|grad L(w)| + weight_decay * |w|)``: the trust coefficient
+    ``eta`` times the ratio of the weights' norm to the norm of the update direction
+    ``grad L + weight_decay * w`` (bounded by it, by the triangle inequality). The global
+    learning rate multiplies it. A layer whose weights or gradient are all zero gets 1, as in
+    common implementations, since the ratio is then undefined or 0.
+    """
+    trust_coefficient = _check_positive("trust_coefficient", trust_coefficient)
+    weight_decay = _check_real("weight_decay", weight_decay)
+    if weight_decay < 0:
+        raise ValueError(f"Invalid weight_decay: {weight_decay} (expected weight_decay >= 0)")
+    if weight.shape != grad.shape:
+        raise ValueError(
+            f"Invalid weight/grad: shapes {tuple(weight.shape)} and {tuple(grad.shape)} differ"
+        )
+    w_norm = float(weight.detach().double().norm())
+    g_norm = float(grad.detach().double().norm())
+    denominator = g_norm + weight_decay * w_norm
+    if w_norm == 0.0 or denominator == 0.0:
+        return 1.0
+    return trust_coefficient * w_norm / denominator
 
 
 # --- reading sweeps -------------------------------------------------------------------------
 
 
-def best_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """The learning rate of a sweep's lowest loss, refined between grid points.
+def _mean_over_seeds(values: Sequence) -> np.ndarray:
+    """One number per grid point: the mean over seeds, ``inf`` where any seed diverged."""
+    means = []
+    for value in values:
+        value = np.asarray(value, dtype=float)
+        means.append(float(value.mean()) if np.all(np.isfinite(value)) else math.inf)
+    return np.array(means)
 
-    A parabola through the lowest loss and its two neighbours (in ``log lr`` and
-    ``log loss``) locates the minimum between grid points; at either end of the grid, or
-    when the parabola opens downwards, the grid point itself is returned. Diverged runs
-    (``inf``/``nan`` losses) count as infinitely bad. ``lrs`` must be increasing.
+
+def best_lr(lrs: Sequence[float], losses: Sequence) -> float:
+    """The learning rate of a sweep's lowest (mean) loss, refined between grid points.
+
+    ``losses[i]`` is the loss at ``lrs[i]``: one number, or one per seed (their mean is used;
+    a point where any seed diverged, ``inf``/``nan``, counts as infinitely bad). A minimum on
+    either end of the grid is refused with :class:`~course_lib.sweeps.EdgeOptimum` (a
+    ``ValueError`` whose message and ``side`` say which end to extend): it is only a bound.
+    Inside the grid, a parabola in ``log lr`` through the lowest mean loss and its two
+    neighbours places the minimum between grid points; when a neighbour diverged, the grid
+    point itself is returned. ``lrs`` must be positive and increasing.
     """
-    lr = torch.as_tensor(lrs, dtype=torch.float64)
-    loss = torch.as_tensor(losses, dtype=torch.float64)
-    if lr.ndim != 1 or len(lr) != len(loss) or len(lr) == 0:
+    lr = np.asarray(lrs, dtype=float)
+    if lr.ndim != 1 or len(lr) != len(losses):
         raise ValueError(
-            f"Invalid lrs/losses: lengths {len(lr)} and {len(loss)} (expected equal, >= 1)"
+            f"Invalid lrs/losses: {np.size(lr)} learning rates and {len(losses)} losses "
+            "(expected one loss, or one array of seeds, per learning rate)"
         )
-    if (lr <= 0).any() or (len(lr) > 1 and (lr.diff() <= 0).any()):
+    if len(lr) < 3:
+        raise ValueError(f"Invalid lrs: an interior best needs at least 3 points, got {len(lr)}")
+    if np.any(lr <= 0) or np.any(np.diff(lr) <= 0):
         raise ValueError("Invalid lrs: expected positive, strictly increasing learning rates")
-    loss = torch.where(torch.isfinite(loss) & (loss > 0), loss, torch.tensor(math.inf))
-    if torch.isinf(loss).all():
+    means = _mean_over_seeds(losses)
+    if np.all(np.isinf(means)):
         raise ValueError("Invalid losses: every run diverged, there is no best learning rate")
-    i = int(loss.argmin())
-    if i == 0 or i == len(lr) - 1 or not torch.isfinite(loss[i - 1 : i + 2]).all():
+    i = interior_best(lr, means)
+    u, f = np.log(lr[i - 1 : i + 2]), means[i - 1 : i + 2]
+    if not np.all(np.isfinite(f)):
         return float(lr[i])
-    u = lr[i - 1 : i + 2].log()
-    f = loss[i - 1 : i + 2].log()
-    a, b, _ = torch.linalg.lstsq(
-        torch.stack([u**2, u, torch.ones(3, dtype=u.dtype)], 1), f
-    ).solution
-    if a <= 0:
+    a, b, _ = np.polyfit(u, f, 2)
+    if a <= 0:  # three equal losses: no curvature to place a vertex
         return float(lr[i])
-    return float(torch.clamp(-b / (2 * a), u[0], u[2]).exp())
+    return float(np.exp(np.clip(-b / (2 * a), u[0], u[2])))
+
+
+@dataclass(frozen=True)
+class LRSweep:
+    """A learning-rate sweep at one batch size: ``losses[i, s]`` at ``lrs[i]`` and seed ``s``."""
+
+    lrs: np.ndarray
+    losses: np.ndarray
+
+    @property
+    def num_seeds(self) -> int:
+        return self.losses.shape[1]
+
+    def best(self, seeds: Sequence[int] | None = None) -> float:
+        """:func:`best_lr` of the mean over ``seeds`` (indices, repeats allowed; all by default)."""
+        losses = self.losses if seeds is None else self.losses[:, np.asarray(seeds, dtype=int)]
+        return best_lr(self.lrs, list(losses))
+
+
+def sweep_lr(
+    evaluate: Callable[[float], float | Sequence[float]],
+    grid: Sequence[float],
+    *,
+    factor: float = 2.0,
+    max_extensions: int = 6,
+    desc: str | None = None,
+) -> LRSweep:
+    """Sweep the learning rate until the optimum is inside the grid, for the mean and every seed.
+
+    ``evaluate(lr)`` returns the loss of each seed (an array, the same seeds at every ``lr``).
+    :func:`~course_lib.sweeps.sweep_until_interior` extends ``grid`` by ``factor`` until the
+    mean's minimum is interior; then the grid is extended further on any side where one seed's
+    own minimum still sits, so that a bootstrap over seeds (:func:`fit_lr_exponent`) does not
+    meet an edge optimum in a resample. Raises ``EdgeOptimum`` after ``max_extensions``.
+    """
+    lrs, values = sweep_until_interior(
+        evaluate, grid, factor=factor, max_extensions=max_extensions, desc=desc
+    )
+    values = [np.atleast_1d(np.asarray(v, dtype=float)) for v in values]
+    for extension in range(max_extensions + 1):
+        losses = np.stack(values)
+        sides = set()
+        for seed in range(losses.shape[1]):
+            try:
+                interior_best(lrs, _mean_over_seeds(losses[:, [seed]]))
+            except EdgeOptimum as edge:
+                sides.add(edge.side)
+        if not sides:
+            return LRSweep(np.array(lrs), losses)
+        if extension == max_extensions:
+            break
+        if "low" in sides:
+            lrs.insert(0, lrs[0] / factor)
+            values.insert(0, np.atleast_1d(np.asarray(evaluate(lrs[0]), dtype=float)))
+        if "high" in sides:
+            lrs.append(lrs[-1] * factor)
+            values.append(np.atleast_1d(np.asarray(evaluate(lrs[-1]), dtype=float)))
+    raise EdgeOptimum(
+        f"a seed's best learning rate is still on the {'/'.join(sorted(sides))} edge of "
+        f"{[f'{v:.3g}' for v in lrs]} after {max_extensions} extensions",
+        sorted(sides)[0],
+    )
 
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -331,17 +482,113 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
     The exponent ``p`` of best learning rate against batch size is 1 under the linear rule
     and 1/2 under the square-root rule.
     """
-    xs = torch.as_tensor(x, dtype=torch.float64)
-    ys = torch.as_tensor(y, dtype=torch.float64)
+    xs = np.asarray(x, dtype=float)
+    ys = np.asarray(y, dtype=float)
     if xs.ndim != 1 or xs.shape != ys.shape or len(xs) < 2:
         raise ValueError(
-            f"Invalid x/y: shapes {tuple(xs.shape)} and {tuple(ys.shape)} "
+            f"Invalid x/y: shapes {xs.shape} and {ys.shape} "
             "(expected two equal 1-d sequences of at least 2 values)"
         )
-    if (xs <= 0).any() or (ys <= 0).any():
-        raise ValueError("Invalid x/y: a power law needs positive values")
-    if (xs == xs[0]).all():
+    if np.any(xs <= 0) or np.any(ys <= 0) or not np.all(np.isfinite(ys)):
+        raise ValueError("Invalid x/y: a power law needs positive, finite values")
+    if np.all(xs == xs[0]):
         raise ValueError("Invalid x: all values are equal, the exponent is undetermined")
-    design = torch.stack([xs.log(), torch.ones_like(xs)], 1)
-    p, log_c = torch.linalg.lstsq(design, ys.log()[:, None]).solution[:, 0]
-    return float(p), float(log_c.exp())
+    p, log_c = np.polyfit(np.log(xs), np.log(ys), 1)
+    return float(p), float(np.exp(log_c))
+
+
+@dataclass(frozen=True)
+class ExponentFit:
+    """``best lr = prefactor * B**exponent``, with a bootstrap interval of the exponent."""
+
+    batch_sizes: tuple[int, ...]
+    best_lrs: tuple[float, ...]
+    exponent: float
+    prefactor: float
+    low: float
+    high: float
+    level: float
+
+    def lr(self, batch_size: float) -> float:
+        """The fitted best learning rate at ``batch_size``."""
+        return self.prefactor * batch_size**self.exponent
+
+
+def fit_lr_exponent(
+    batch_sizes: Sequence[int],
+    sweeps: Sequence[LRSweep],
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> ExponentFit:
+    """Fit ``best lr ~ B**alpha`` over sweeps at several batch sizes, with a bootstrap interval.
+
+    The point estimate uses the mean loss over all seeds at each batch size. The interval
+    resamples *seeds* (the same resampled seeds at every batch size, since seed ``s`` shares
+    its initial weights and data order across batch sizes), takes each batch size's
+    :func:`best_lr` of the resampled mean and refits the exponent: a percentile interval at
+    ``level`` (:func:`course_lib.seeds.bootstrap_interval`).
+    """
+    if len(batch_sizes) != len(sweeps) or len(sweeps) < 2:
+        raise ValueError(
+            f"Invalid batch_sizes/sweeps: {len(batch_sizes)} batch sizes and {len(sweeps)} "
+            "sweeps (expected one sweep per batch size, at least 2)"
+        )
+    seeds = {sweep.num_seeds for sweep in sweeps}
+    if len(seeds) != 1:
+        raise ValueError(f"Invalid sweeps: they ran different numbers of seeds {sorted(seeds)}")
+    best = [sweep.best() for sweep in sweeps]
+    exponent, prefactor = fit_power_law(batch_sizes, best)
+
+    def exponent_of(picks: np.ndarray) -> float:
+        try:
+            return fit_power_law(batch_sizes, [sweep.best(picks) for sweep in sweeps])[0]
+        except EdgeOptimum as edge:
+            raise EdgeOptimum(
+                f"a bootstrap resample of seeds {picks.astype(int).tolist()} puts the best "
+                f"learning rate on an edge ({edge}): extend the sweep",
+                edge.side,
+            ) from None
+
+    low, high = bootstrap_interval(
+        np.arange(seeds.pop()), exponent_of, level=level, resamples=resamples, seed=seed
+    )
+    return ExponentFit(
+        batch_sizes=tuple(int(b) for b in batch_sizes),
+        best_lrs=tuple(best),
+        exponent=exponent,
+        prefactor=prefactor,
+        low=float(low),
+        high=float(high),
+        level=level,
+    )
+
+
+def separates_rules(low: float, high: float) -> bool:
+    """Whether the interval ``[low, high]`` leaves out 1/2 or 1 (so it tells the rules apart)."""
+    return not (low <= 0.5 and high >= 1.0)
+
+
+def compare_with_rules(low: float, high: float) -> str:
+    """What an interval of the exponent says about the square-root (1/2) and linear (1) rules."""
+    if not low <= high:
+        raise ValueError(f"Invalid interval: low {low} > high {high}")
+    has_half, has_one = low <= 0.5 <= high, low <= 1.0 <= high
+    if has_half and has_one:
+        return (
+            "contains both 1/2 and 1, so it cannot tell the square-root rule from the linear rule"
+        )
+    if has_half:
+        return (
+            "contains 1/2 and excludes 1: it agrees with the square-root rule, not the linear rule"
+        )
+    if has_one:
+        return (
+            "contains 1 and excludes 1/2: it agrees with the linear rule, not the square-root rule"
+        )
+    if high < 0.5:
+        return "lies below 1/2: the best rate grows more slowly than either rule says"
+    if low > 1.0:
+        return "lies above 1: the best rate grows faster than either rule says"
+    return "lies between 1/2 and 1 and excludes both: neither rule's exponent fits"

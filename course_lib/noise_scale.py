@@ -15,7 +15,9 @@ steps ``S`` and examples ``E = B * S`` to reach a given loss satisfy
 
     S = S_min * (1 + B_crit / B),    E = E_min * (1 + B / B_crit),
 
-which :func:`fit_critical_batch` fits to measured steps.
+with ``B_crit = E_min / S_min``; eliminating ``B`` gives their trade-off
+``(S / S_min - 1) (E / E_min - 1) = 1``. :func:`fit_critical_batch` fits it to measured steps,
+:func:`fit_critical_batch_over_seeds` adds bootstrap intervals over seeds.
 
 Two ways to measure ``B_simple``:
 
@@ -36,15 +38,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from course_lib.seeds import bootstrap_interval
+
 __all__ = [
+    "CriticalBatchFit",
+    "CriticalBatchInterval",
     "NoiseScale",
     "critical_batch_steps",
     "fit_critical_batch",
+    "fit_critical_batch_over_seeds",
     "gradient_sq_norm",
     "per_example_gradients",
     "simple_noise_scale",
@@ -58,6 +67,17 @@ class NoiseScale:
 
     grad_sq_norm: float
     trace_cov: float
+
+    def expected_sq_norm(self, batch_size: float) -> float:
+        """``E |G_B|^2 = |G|^2 + tr(Sigma) / B``, the mean squared norm of a batch-B gradient.
+
+        It falls with the batch towards ``|G|^2``: a larger batch gives a more exact gradient,
+        not a bigger one. (For batches drawn with replacement; without replacement from ``N``
+        examples the noise term is multiplied by ``(N - B) / (N - 1)``.)
+        """
+        if isinstance(batch_size, bool) or not batch_size > 0:
+            raise ValueError(f"Invalid batch_size: {batch_size!r} (expected a positive number)")
+        return self.grad_sq_norm + self.trace_cov / batch_size
 
     @property
     def b_simple(self) -> float:
@@ -163,27 +183,120 @@ def critical_batch_steps(batch_size: float | Tensor, *, s_min: float, b_crit: fl
     return s_min * (1 + b_crit / batch_size)
 
 
-def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, float]:
+class CriticalBatchFit(NamedTuple):
+    """``S = S_min (1 + B_crit / B)``; unpacks as ``(s_min, b_crit)``."""
+
+    s_min: float
+    b_crit: float
+
+    @property
+    def e_min(self) -> float:
+        """The fewest examples: ``E_min = S_min * B_crit``, approached as ``B -> 0``."""
+        return self.s_min * self.b_crit
+
+    def steps(self, batch_size):
+        return critical_batch_steps(batch_size, s_min=self.s_min, b_crit=self.b_crit)
+
+    def examples(self, batch_size):
+        """``E = B * S = E_min (1 + B / B_crit)``."""
+        return batch_size * self.steps(batch_size)
+
+
+def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> CriticalBatchFit:
     """Fit ``S = S_min (1 + B_crit / B)`` to measured steps; returns ``(S_min, B_crit)``.
 
     The model is linear in ``1 / B`` (``S = a + b / B`` with ``S_min = a``,
-    ``B_crit = b / a``); the least squares weigh each point by ``1 / S`` so that every batch
-    size counts by its relative error, not by how many steps it took.
+    ``B_crit = b / a``, ``E_min = b``); the least squares weigh each point by ``1 / S`` so
+    that every batch size counts by its relative error, not by how many steps it took.
     """
-    b = torch.as_tensor(batch_sizes, dtype=torch.float64)
-    s = torch.as_tensor(steps, dtype=torch.float64)
+    b = np.asarray(batch_sizes, dtype=float)
+    s = np.asarray(steps, dtype=float)
     if b.ndim != 1 or b.shape != s.shape or len(b) < 2:
         raise ValueError(
-            f"Invalid batch_sizes/steps: shapes {tuple(b.shape)} and {tuple(s.shape)} "
+            f"Invalid batch_sizes/steps: shapes {b.shape} and {s.shape} "
             "(expected two equal 1-d sequences of at least 2 values)"
         )
-    if (b <= 0).any() or (s <= 0).any() or not torch.isfinite(s).all():
+    if np.any(b <= 0) or np.any(s <= 0) or not np.all(np.isfinite(s)):
         raise ValueError("Invalid batch_sizes/steps: expected positive, finite values")
-    design = torch.stack([torch.ones_like(b), 1 / b], 1) / s[:, None]
-    a, slope = torch.linalg.lstsq(design, torch.ones_like(s)[:, None]).solution[:, 0]
+    design = np.stack([np.ones_like(b), 1 / b], 1) / s[:, None]
+    (a, slope), *_ = np.linalg.lstsq(design, np.ones_like(s), rcond=None)
     if a <= 0:
         raise ValueError(
             "Invalid batch_sizes/steps: the fit gives S_min <= 0; the steps do not level off "
             "with batch size over this range (every batch size is below the critical one)"
         )
-    return float(a), float(slope / a)
+    if slope <= 0:
+        raise ValueError(
+            "Invalid batch_sizes/steps: the fit gives B_crit <= 0; the steps do not fall with "
+            "batch size over this range (every batch size is above the critical one)"
+        )
+    return CriticalBatchFit(float(a), float(slope / a))
+
+
+@dataclass(frozen=True)
+class CriticalBatchInterval:
+    """A :class:`CriticalBatchFit` with bootstrap intervals over seeds, ``(low, high)`` each."""
+
+    fit: CriticalBatchFit
+    steps: tuple[float, ...]  # the steps fitted, one per batch size
+    s_min: tuple[float, float]
+    e_min: tuple[float, float]
+    b_crit: tuple[float, float]
+    level: float
+
+
+def fit_critical_batch_over_seeds(
+    batch_sizes: Sequence[float],
+    steps: np.ndarray | Sequence,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> CriticalBatchInterval:
+    """Fit the critical batch to steps measured over seeds, with bootstrap intervals.
+
+    ``steps[i, j, s]`` is the steps to the target at ``batch_sizes[i]``, learning rate ``j``
+    of that batch size's candidates, seed ``s`` (``inf`` if it never got there); a 2-d
+    ``steps[i, s]`` means one learning rate. Each batch size's steps are the mean over seeds
+    at its best learning rate (the fewest mean steps: each batch size gets its own tuned rate,
+    as in McCandlish et al.); a learning rate where any seed failed does not count. The
+    intervals resample seeds, the same at every batch size, and redo the whole fit.
+    """
+    steps = np.asarray(steps, dtype=float)
+    if steps.ndim == 2:
+        steps = steps[:, None, :]
+    if steps.ndim != 3 or len(steps) != len(batch_sizes) or steps.shape[2] < 2:
+        raise ValueError(
+            f"Invalid steps: shape {steps.shape} (expected [batch sizes ({len(batch_sizes)}), "
+            "learning rates, seeds >= 2])"
+        )
+
+    def tuned(picks: np.ndarray) -> np.ndarray:
+        chosen = steps[:, :, picks.astype(int)]
+        means = np.where(np.isfinite(chosen).all(axis=2), chosen.mean(axis=2), np.inf)
+        return means.min(axis=1)
+
+    every = tuned(np.arange(steps.shape[2]))
+    failed = [b for b, s in zip(batch_sizes, every, strict=True) if not np.isfinite(s)]
+    if failed:
+        raise ValueError(
+            f"Invalid steps: at batch sizes {failed} no learning rate reached the target "
+            "at every seed"
+        )
+    fit = fit_critical_batch(batch_sizes, every)
+
+    def statistic(picks: np.ndarray) -> np.ndarray:
+        resampled = fit_critical_batch(batch_sizes, tuned(picks))
+        return np.array([resampled.s_min, resampled.e_min, resampled.b_crit])
+
+    low, high = bootstrap_interval(
+        np.arange(steps.shape[2]), statistic, level=level, resamples=resamples, seed=seed
+    )
+    return CriticalBatchInterval(
+        fit=fit,
+        steps=tuple(float(s) for s in every),
+        s_min=(float(low[0]), float(high[0])),
+        e_min=(float(low[1]), float(high[1])),
+        b_crit=(float(low[2]), float(high[2])),
+        level=level,
+    )

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from course_lib.batch_scaling import (
     batch_ratio,
     best_lr,
+    compare_with_rules,
+    fit_lr_exponent,
     fit_power_law,
+    lars_local_lr,
     linear_rule,
     scale_hyperparameters,
+    separates_rules,
     sqrt_rule,
     sqrt_rule_beta,
     sqrt_rule_max_kappa,
+    sweep_lr,
+    untuned_warmup_steps,
     warmup_samples,
     warmup_steps_for_samples,
 )
+from course_lib.sweeps import EdgeOptimum
 
 CHECKPOINT = {"base_batch_size": 256, "batch_size": 2048, "lr": 3e-4, "warmup_steps": 2000}
 
@@ -43,6 +52,7 @@ def test_sqrt_rule_on_the_checkpoint_question():
     assert hp.eps == pytest.approx(1e-8 / math.sqrt(8), rel=1e-12)
     assert hp.warmup_steps == 250 and hp.warmup_samples == 512_000
     assert "sqrt" in hp.summary() and "250 steps" in hp.summary()
+    assert hp.untuned_warmup_steps == 250, "Ma & Yarats: 2 / (1 - 0.992) = 250"
 
 
 def test_scale_hyperparameters_dispatches_by_name():
@@ -155,19 +165,172 @@ def test_warmup_conversions():
         warmup_steps_for_samples(-1, 8)
 
 
-def test_best_lr_finds_the_vertex_between_grid_points():
+def test_best_lr_finds_the_vertex_of_a_parabola_in_log_lr():
     lrs = [1e-4 * 2**k for k in range(8)]
     true = 1e-4 * 2**3.4
-    losses = [math.exp(0.3 * (math.log(lr / true)) ** 2 - 2.0) for lr in lrs]
+    losses = [0.3 * math.log(lr / true) ** 2 + 0.1 for lr in lrs]
     assert best_lr(lrs, losses) == pytest.approx(true, rel=1e-9)
-    # at the edge of the grid, or with a diverged neighbour, the grid point itself
-    assert best_lr(lrs, sorted(losses)) == lrs[0]
-    diverged = [*losses[:4], math.inf, *losses[5:]]
-    assert best_lr(lrs, diverged) == lrs[3]
+    # per-seed losses: the mean over seeds is what counts (two seeds shifted up and down)
+    per_seed = [[loss - 0.05, loss + 0.05] for loss in losses]
+    assert best_lr(lrs, per_seed) == pytest.approx(true, rel=1e-9)
+
+
+@pytest.mark.parametrize(("order", "side"), [(sorted, "low"), (lambda v: sorted(v)[::-1], "high")])
+def test_best_lr_refuses_an_edge_optimum_naming_the_side(order, side):
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3]
+    with pytest.raises(
+        EdgeOptimum, match=f"extend it {'lower' if side == 'low' else 'higher'}"
+    ) as err:
+        best_lr(lrs, order([0.4, 0.3, 0.2, 0.1]))
+    assert err.value.side == side
+    assert isinstance(err.value, ValueError)
+
+
+def test_best_lr_with_diverged_runs():
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    # a diverged neighbour: no parabola, the grid point itself
+    assert best_lr(lrs, [0.5, 0.3, 0.2, math.inf, math.inf]) == 4e-3
+    # one seed diverged at 8e-3: that point is infinitely bad whatever the other seed did
+    assert best_lr(lrs, [[0.5, 0.5], [0.3, 0.3], [0.2, 0.2], [0.01, math.nan], [0.9, 0.9]]) == 4e-3
     with pytest.raises(ValueError, match="diverged"):
-        best_lr([1e-3, 1e-2], [math.inf, math.nan])
+        best_lr(lrs[:3], [math.inf, math.nan, math.inf])
     with pytest.raises(ValueError, match="increasing"):
-        best_lr([1e-2, 1e-3], [1.0, 2.0])
+        best_lr([1e-2, 1e-3, 1e-4], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="at least 3"):
+        best_lr([1e-3, 1e-2], [1.0, 2.0])
+
+
+def synthetic_sweeps(alpha, offsets, batch_sizes, c=1e-4):
+    """Sweeps of a loss whose minimum for seed s at batch B is c * B**alpha * exp(offsets[s, i])."""
+
+    def loss(lr, i, seed):
+        return 0.2 * (math.log(lr) - math.log(c * batch_sizes[i] ** alpha) - offsets[seed, i]) ** 2
+
+    seeds = range(offsets.shape[0])
+    return [
+        sweep_lr(
+            lambda lr, i=i: [loss(lr, i, s) for s in seeds],
+            [c * b**alpha * 2.0**k for k in (-1, 0, 1)],
+        )
+        for i, b in enumerate(batch_sizes)
+    ]
+
+
+def test_sweep_lr_extends_until_every_seed_is_interior():
+    calls = []
+    seeds = [0, 1, 2]
+
+    def evaluate(lr):
+        calls.append(lr)
+        # seed 2's optimum is two octaves above the others': the mean is interior first
+        return [0.2 * (math.log(lr / (1e-3 * (4 if s == 2 else 1)))) ** 2 for s in seeds]
+
+    sweep = sweep_lr(evaluate, [2.5e-4, 5e-4, 1e-3], factor=2)
+    assert len(calls) == len(set(calls)), "no learning rate is evaluated twice"
+    assert np.all(np.diff(sweep.lrs) > 0) and sweep.losses.shape == (len(sweep.lrs), 3)
+    for seed in seeds:
+        assert 0 < int(np.argmin(sweep.losses[:, seed])) < len(sweep.lrs) - 1
+    assert sweep.lrs[-1] >= 8e-3, "seed 2's optimum at 4e-3 needs the grid to reach 8e-3"
+    assert sweep.best([2, 2]) == pytest.approx(4e-3, rel=1e-9)
+    assert sweep.best([0]) == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_sweep_lr_gives_up_with_an_edge_error():
+    with pytest.raises(EdgeOptimum, match="high edge"):
+        sweep_lr(lambda lr: [-lr, -2 * lr], [1e-3, 2e-3, 4e-3], max_extensions=2)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.75, 1.0])
+def test_fit_lr_exponent_recovers_a_known_exponent_with_an_interval_that_covers_it(alpha):
+    batch_sizes = [8, 32, 128, 512]
+    rng = np.random.default_rng(int(alpha * 100))
+    covered, widths = 0, []
+    for _ in range(10):  # 10 experiments of 12 seeds, each seed's optimum off by ~N(0, 0.3)
+        offsets = rng.normal(0.0, 0.3, size=(12, len(batch_sizes)))
+        fit = fit_lr_exponent(
+            batch_sizes, synthetic_sweeps(alpha, offsets, batch_sizes), resamples=200
+        )
+        covered += fit.low <= alpha <= fit.high
+        widths.append(fit.high - fit.low)
+        # the rule that is not alpha is far outside: the interval separates 0.5 from 1
+        assert separates_rules(fit.low, fit.high)
+    assert covered >= 8, f"the 95% interval covered {alpha} in only {covered} of 10 experiments"
+    assert max(widths) < 0.2
+    # without noise the estimate is exact and the interval has no width
+    exact = fit_lr_exponent(
+        batch_sizes,
+        synthetic_sweeps(alpha, np.zeros((3, len(batch_sizes))), batch_sizes),
+        resamples=200,
+    )
+    assert exact.exponent == pytest.approx(alpha, abs=1e-9)
+    assert exact.high - exact.low < 1e-9
+    assert exact.lr(64) == pytest.approx(1e-4 * 64**alpha, rel=1e-9)
+
+
+def test_fit_lr_exponent_rejects_mismatched_sweeps():
+    a = sweep_lr(lambda lr: [math.log(lr / 1e-3) ** 2] * 2, [5e-4, 1e-3, 2e-3])
+    b = sweep_lr(lambda lr: [math.log(lr / 1e-3) ** 2] * 3, [5e-4, 1e-3, 2e-3])
+    with pytest.raises(ValueError, match="different numbers of seeds"):
+        fit_lr_exponent([8, 16], [a, b])
+    with pytest.raises(ValueError, match="one sweep per batch size"):
+        fit_lr_exponent([8, 16, 32], [a, a])
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "separates", "words"),
+    [
+        (0.3, 1.2, False, "cannot tell"),
+        (0.4, 0.7, True, "agrees with the square-root rule"),
+        (0.8, 1.1, True, "agrees with the linear rule"),
+        (0.1, 0.4, True, "below 1/2"),
+        (1.1, 1.3, True, "above 1"),
+        (0.6, 0.9, True, "excludes both"),
+    ],
+)
+def test_compare_with_rules(low, high, separates, words):
+    assert separates_rules(low, high) is separates
+    assert words in compare_with_rules(low, high)
+
+
+def test_compare_with_rules_rejects_an_inverted_interval():
+    with pytest.raises(ValueError, match="low"):
+        compare_with_rules(0.9, 0.5)
+
+
+def test_untuned_warmup_follows_beta2():
+    assert untuned_warmup_steps(0.999) == 2000, "Ma & Yarats: 2 / (1 - 0.999)"
+    assert untuned_warmup_steps(0.992) == 250, "2 / (1 - 0.992), the square-root rule's beta2"
+    # the checkpoint question: the square-root rule's untuned warmup is the same examples...
+    sqrt_hp = sqrt_rule(**CHECKPOINT)
+    assert sqrt_hp.untuned_warmup_steps == sqrt_hp.warmup_steps == 250
+    # ...and the linear rule, which keeps beta2, keeps the steps
+    assert linear_rule(**CHECKPOINT).untuned_warmup_steps == 2000
+    with pytest.raises(ValueError, match="beta2"):
+        untuned_warmup_steps(1.0)
+
+
+def test_lars_local_lr_is_the_trust_ratio_of_you_et_al():
+    w = torch.tensor([3.0, 4.0], dtype=torch.float64)  # |w| = 5
+    g = torch.tensor([0.8, -0.6], dtype=torch.float64)  # |g| = 1, orthogonal to w
+    # eta |w| / (|g| + beta |w|) = 0.001 * 5 / (1 + 0.1 * 5)
+    assert lars_local_lr(w, g, trust_coefficient=0.001, weight_decay=0.1) == pytest.approx(
+        0.001 * 5 / 1.5, rel=1e-12
+    )
+    # not |w| / |g + beta w| (= 5 / sqrt(1.25) here), nor without the trust coefficient
+    assert lars_local_lr(w, g, trust_coefficient=0.001, weight_decay=0.1) != pytest.approx(
+        0.001 * 5 / math.sqrt(1.25)
+    )
+    assert lars_local_lr(w, g, trust_coefficient=1.0) == pytest.approx(5.0)
+    assert lars_local_lr(torch.zeros(2), g) == 1.0
+    assert lars_local_lr(w, torch.zeros(2)) == 1.0, "no gradient, no weight decay: ratio 1"
+    # no gradient but weight decay: eta |w| / (beta |w|) = eta / beta
+    assert lars_local_lr(w, torch.zeros(2), weight_decay=0.01) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="trust_coefficient"):
+        lars_local_lr(w, g, trust_coefficient=0.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        lars_local_lr(w, g, weight_decay=-0.1)
+    with pytest.raises(ValueError, match="shapes"):
+        lars_local_lr(w, torch.ones(3))
 
 
 @given(p=st.floats(-2.0, 2.0), c=st.floats(1e-4, 1e2))

@@ -10,8 +10,10 @@ moments) ``tr(Sigma) = 4 ((d + 1) |delta|^2 + d sigma^2)``; hence
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from course_lib.noise_scale import (
     NoiseScale,
     critical_batch_steps,
     fit_critical_batch,
+    fit_critical_batch_over_seeds,
     gradient_sq_norm,
     per_example_gradients,
     simple_noise_scale,
@@ -116,19 +119,90 @@ def test_two_batch_estimator_inverts_its_model_exactly():
         two_batch_noise_scale(1.0, 2.0, b_small=0, b_big=64)
 
 
-def test_fit_critical_batch_recovers_its_model():
-    batches = [8, 16, 32, 64, 128, 256, 512]
-    steps = [critical_batch_steps(b, s_min=200.0, b_crit=90.0) for b in batches]
-    s_min, b_crit = fit_critical_batch(batches, steps)
-    assert s_min == pytest.approx(200.0, rel=1e-9) and b_crit == pytest.approx(90.0, rel=1e-9)
+def mccandlish_steps(batch_sizes, s_min, e_min):
+    """Steps S at each B that solve (S / S_min - 1)(E / E_min - 1) = 1 with E = B S."""
+    steps = []
+    for b in batch_sizes:
+        # (S/S_min - 1)(B S/E_min - 1) = 1 is a quadratic in S; take its root above S_min
+        qa, qb, qc = b / (s_min * e_min), -(1 / s_min + b / e_min), 0.0
+        steps.append((-qb + math.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa))
+    return steps
+
+
+def test_fit_critical_batch_recovers_s_min_and_e_min_of_the_mccandlish_relation():
+    batches = [4, 16, 64, 256, 1024, 4096]
+    s_min, e_min = 150.0, 12_000.0
+    steps = mccandlish_steps(batches, s_min, e_min)
+    for b, s in zip(batches, steps, strict=True):  # the data obey the relation
+        assert (s / s_min - 1) * (b * s / e_min - 1) == pytest.approx(1.0, rel=1e-9)
+    fit = fit_critical_batch(batches, steps)
+    assert fit.s_min == pytest.approx(s_min, rel=1e-9)
+    assert fit.e_min == pytest.approx(e_min, rel=1e-9)
+    assert fit.b_crit == pytest.approx(e_min / s_min, rel=1e-9)
+    s_fit, b_fit = fit  # still unpacks as (S_min, B_crit)
+    assert (s_fit, b_fit) == (fit.s_min, fit.b_crit)
+    assert fit.steps(64) == pytest.approx(critical_batch_steps(64, s_min=s_min, b_crit=80.0))
+    assert fit.examples(80.0) == pytest.approx(2 * e_min), "at B_crit: twice E_min"
     noisy = [s * (1 + 0.03 * (-1) ** i) for i, s in enumerate(steps)]
-    s_min, b_crit = fit_critical_batch(batches, noisy)
-    assert b_crit == pytest.approx(90.0, rel=0.15)
+    assert fit_critical_batch(batches, noisy).b_crit == pytest.approx(80.0, rel=0.15)
+
+
+def test_fit_critical_batch_over_seeds_covers_the_truth():
+    batches = [4, 16, 64, 256, 1024, 4096]
+    s_min, e_min = 150.0, 12_000.0
+    truth = np.array(mccandlish_steps(batches, s_min, e_min))
+    rng = np.random.default_rng(0)
+    covered = {"S_min": 0, "E_min": 0}
+    for _ in range(10):
+        seeds = truth[:, None] * np.exp(rng.normal(0, 0.15, size=(len(batches), 12)))
+        # three candidate rates per batch size: the tuned one, one slower, one that fails once
+        worse = 1.6 * seeds
+        failing = 0.8 * seeds
+        failing[:, 0] = np.inf
+        steps = np.stack([worse, seeds, failing], axis=1)
+        result = fit_critical_batch_over_seeds(batches, steps, resamples=300)
+        assert result.steps == pytest.approx(tuple(seeds.mean(axis=1)), rel=1e-12), (
+            "each batch size takes the fewest mean steps among the rates that always got there"
+        )
+        covered["S_min"] += result.s_min[0] <= s_min <= result.s_min[1]
+        covered["E_min"] += result.e_min[0] <= e_min <= result.e_min[1]
+        assert result.b_crit[0] <= result.fit.b_crit <= result.b_crit[1]
+    for name, count in covered.items():
+        assert count >= 8, f"the 95% interval covered the true {name} in only {count} of 10"
+
+
+def test_fit_critical_batch_over_seeds_rejects_a_batch_that_never_got_there():
+    steps = np.array([[100.0, 120.0], [30.0, np.inf], [20.0, 22.0]])
+    with pytest.raises(ValueError, match=r"batch sizes \[64\]"):
+        fit_critical_batch_over_seeds([8, 64, 512], steps)
+    with pytest.raises(ValueError, match="seeds >= 2"):
+        fit_critical_batch_over_seeds([8, 64], np.ones((2, 1)))
+
+
+def test_expected_sq_norm_is_exact_for_batches_drawn_with_replacement():
+    # a population of 3 per-example gradients; enumerate every batch of 2 with replacement
+    population = torch.tensor([[1.0, 0.0], [3.0, 2.0], [-1.0, 4.0]], dtype=torch.float64)
+    mean = population.mean(0)
+    noise = NoiseScale(
+        grad_sq_norm=mean.square().sum().item(),
+        trace_cov=(population - mean).square().sum().item() / 3,  # the population's variance
+    )
+    for batch in (1, 2, 3):
+        exact = np.mean([
+            population[list(picks)].mean(0).square().sum().item()
+            for picks in itertools.product(range(3), repeat=batch)
+        ])  # fmt: skip
+        assert noise.expected_sq_norm(batch) == pytest.approx(exact, rel=1e-12)
+    assert noise.expected_sq_norm(10**9) == pytest.approx(noise.grad_sq_norm, rel=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        noise.expected_sq_norm(0)
 
 
 def test_fit_critical_batch_rejects_bad_input():
     with pytest.raises(ValueError, match="positive"):
         fit_critical_batch([8, 16], [10, 0])
+    with pytest.raises(ValueError, match="B_crit <= 0"):
+        fit_critical_batch([8, 16, 32], [10, 12, 14])  # steps grow with the batch
     with pytest.raises(ValueError, match="S_min <= 0"):
         fit_critical_batch([8, 16, 32], [100, 25, 5])  # falls faster than 1 / B: no plateau
     with pytest.raises(ValueError, match="Invalid batch_sizes/steps"):
