@@ -1,7 +1,5 @@
-"""An assignment as the grader knows it, from the instructor's files: the source notebook
-(``solutions/``: solutions and hidden tests) and the release (``exercises/``: what students
-were given). Its test cells are planned here, run in plan mode in the grader's process
-(:mod:`autograder.grading`), so that the sandbox is told exactly what to observe.
+"""An assignment as the grader knows it: the source notebook (``solutions/``), the release
+(``exercises/``), and each test cell's plan (its checks, run in plan mode here).
 """
 
 from __future__ import annotations

@@ -1,216 +1,763 @@
-"""The checks the exercises' test cells call, each declared once, with how it is judged.
+"""The judge half, which never enters the sandbox: the checks the exercises' test cells call,
+``grading.check_<name>(answer, ...)``, each declared once as one function that makes its
+inputs as plain data, names the protocol that observes the answer on them
+(:mod:`autograder.observe`) and judges the observation against the references it computes
+(``torch.optim``, the hidden tests' functions, expected values, hints, mistake models).
+:func:`autograder.grading.run_check` runs it in the current mode.
 
-A declaration is a judge function under :func:`check`: its signature, after the observation,
-is the check's signature in the test cells (``grading.check_<name>(answer, ...)``); the
-decorator names the observer in :mod:`autograder.observe` that records what the answer does
-in the student's process (the sandbox), the answer's name for messages, the delegation rules
-(``kind``), and which arguments travel to the sandbox as plain data (``inputs``). Everything
-else is derived: the function test cells call, the request the grader plans, the check that a
-recorded observation is of this check and these inputs.
-
-A judge runs in the trusted process (the grader's, or the notebook's own in inline mode): it
-regenerates the check's inputs, computes the reference (``torch.optim.Adam``/``AdamW``, the
-functions, expected values, hints and mistake models the hidden tests pass) and raises
-:class:`GradingError` naming the step, parameter, element, expected and got values, the
-tolerance and the likely mistake. The observation is untrusted: a field of the wrong type
-or length fails the check as *malformed*, never crashes the judge.
-
-This module never enters the sandbox: it holds the references.
+An observation is untrusted: a field of the wrong kind raises
+:func:`~autograder.common.malformed`, and anything else a judge raises on it is turned into
+that by ``run_check``.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from autograder import grading
 from autograder.common import (
     DTYPE_NAMES,
     FLOAT_RTOL,
     MAX_ITEMS,
+    MAX_TEXT,
     RTOL,
     GradingError,
-    decode_tensor,
     device_name,
     malformed,
-    number_from,
     text,
 )
 from autograder.delegation import refusal
-from autograder.judge import (
-    ADAM_MISTAKES,
-    ADAMW_MISTAKES,
-    _bad_update_result,
-    _device_text,
-    _field,
-    _float,
-    _int,
-    _list,
-    _texts,
-    _trajectory_of,
-    check_tensor_desc,
-    describe_mismatch,
-    diagnose,
-    disagreement,
-    end_of,
-    first_mismatch,
-    first_nonfinite_hint,
-    format_call,
-    hint,
-    raise_stop,
-    recorded_number,
-    refuse_delegation,
-    tolerance,
-    torch_effective_steps,
-    trajectory,
-)
-from autograder.observe import (
-    adam_probes,
-    adam_torch_cases,
-    adamw_probes,
-    adamw_torch_cases,
-    closure_problem,
-    constructor_cases,
-    dtype_of,
-)
-
-#: What ``grading`` exposes: ``check_<name>`` for every declaration, and the references that
-#: hidden tests use.
-API: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One check: see the module's docstring. Calling it runs it in the current mode."""
-
-    name: str
-    observer: str
-    answer: str | None  # the answer's name in messages; None: the call's `name` argument
-    kind: str | None  # delegation rules; "argument": the call's `kind`; None: a plain value
-    inputs: tuple[str, ...] | Callable[[dict[str, Any]], dict[str, Any]]
-    judge: Callable[..., None]
-
-    def __call__(self, answer: Any, *args: Any, **kwargs: Any) -> None:
-        bound = inspect.signature(self.judge).bind(None, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        arguments.pop(next(iter(arguments)))  # the observation
-        if "device" in arguments:
-            arguments["device"] = device_name(arguments["device"])
-        if "dtypes" in arguments:
-            arguments["dtypes"] = [DTYPE_NAMES[dtype_of(d)] for d in arguments["dtypes"]]
-        if callable(self.inputs):
-            inputs = self.inputs(arguments)
-        else:
-            inputs = {key: arguments[key] for key in self.inputs}
-        kind = arguments.get("kind") if self.kind == "argument" else self.kind
-        grading.run_check(
-            self.name, self.observer, answer, inputs,
-            lambda obs: self.judge(obs, **arguments),
-            name=self.answer or arguments["name"], kind=kind,
-        )  # fmt: skip # the arguments grouped by meaning, not one a line
-
-
-def check(
-    observer: str,
-    *,
-    inputs: tuple[str, ...] | Callable[[dict[str, Any]], dict[str, Any]],
-    answer: str | None = None,
-    kind: str | None = None,
-) -> Callable[[Callable[..., None]], Check]:
-    """Declare a check: the judge function below it, and how its answer is observed."""
-
-    def declare(judge: Callable[..., None]) -> Check:
-        name = judge.__name__.rstrip("_")
-        declared = Check(name, observer, answer, kind, inputs, judge)
-        API[f"check_{name}"] = declared
-        return declared
-
-    return declare
-
-
-def calls(cases: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """The calls of ``cases`` (positional args, keyword args, ...) as plain data."""
-    return [[list(case[0]), dict(case[1])] for case in cases]
-
+from autograder.grading import run_check
 
 # --------------------------------------------------------------------------------------
-# Assignment `adam`.
+# Reading an observation.
 # --------------------------------------------------------------------------------------
 
 
-@check("adam_first_steps", answer="adam_update", kind="optimizer", inputs=("device", "seed"))
-def adam_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) -> None:
-    """A few updates on a 3-element float64 parameter; diagnoses the usual mistakes.
+def field(obs: Any, key: str, kind: type | tuple[type, ...] = dict) -> Any:
+    value = obs.get(key) if isinstance(obs, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise malformed(f"{key} is missing or of the wrong type")
+    return value
 
-    ``seed=None`` uses the fixed probe the notebook describes; a seed draws new settings.
-    """
-    name = "adam_update"
-    refuse_delegation(obs, name)
-    like_device = _device_text(torch.device(device))
-    probes = adam_probes(seed)
-    recorded = _list(obs, "probes", len(probes))
-    dtype, rtol = torch.float64, RTOL[torch.float64]
-    for index, probe in enumerate(probes):
-        handlers = {"bad_result": _bad_update_result((len(probe.start),), dtype, like_device)}
-        if index >= len(recorded):
-            raise_stop(obs, name, handlers=handlers)
-        steps = recorded[index]
-        if not isinstance(steps, list) or len(steps) > probe.steps:
-            raise malformed("a probe's steps are not a list of the steps made")
-        expected = trajectory(probe, decoupled=False)
-        got_params: list[Tensor] = []
-        for t in range(1, probe.steps + 1):
-            if t > len(steps):
-                raise_stop(obs, name, handlers=handlers)
-            entry = steps[t - 1]
-            shape = (len(probe.start),)
-            p, m, v = (
-                decode_tensor(_field(entry, key, dict), key, shape=shape, dtype=dtype)
-                for key in ("p", "m", "v")
+
+def entries(obs: Any, key: str, made: int) -> list[Any]:
+    """A recorded list of at most ``made`` entries (fewer where the observation stopped)."""
+    value = field(obs, key, list)
+    if len(value) > made:
+        raise malformed(f"{key} has {len(value)} entries, more than the {made} made")
+    return value
+
+
+def texts(value: Any) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_ITEMS:
+        raise malformed("a list of texts is not a short list")
+    return [text(x) for x in value]
+
+
+def type_name(desc: Any) -> str:
+    return text(desc.get("type"), 200).rsplit(".", 1)[-1]
+
+
+def number(desc: Any, what: str) -> int | float:
+    """The number a described answer is: an ``int`` stays one (compared exactly)."""
+    if not isinstance(desc, dict):
+        raise malformed(f"{what} is not described")
+    if "number" not in desc:
+        if desc.get("kind") == "Tensor":
+            shape = tuple(field(desc, "shape", list))
+            raise GradingError(
+                f"{what} should be one number, got a tensor of shape {shape}"[:MAX_TEXT]
             )
-            got_params.append(p)
-            exp_p, exp_m, exp_v = expected[t - 1]
-            for what, got, exp in (("m", m, exp_m), ("v", v, exp_v), ("param", p, exp_p)):
-                index_ = first_mismatch(got, exp.to(dtype), rtol)
-                if index_ is None:
-                    continue
-                message = (
-                    f"adam_update({probe.settings()}, {DTYPE_NAMES[dtype]}): at step={t}, the "
-                    f"returned {what} is wrong, {describe_mismatch(got, exp, index_, rtol)}."
-                )
-                if not torch.isfinite(got).all():
-                    message += first_nonfinite_hint(t)
-                else:
-                    # m or v wrong: the parameter's trajectory so far may still name the mistake.
-                    mistake = diagnose(
-                        got_params,
-                        probe,
-                        False,
-                        (*ADAM_MISTAKES, "no_weight_decay", "decoupled_in_adam"),
+        raise GradingError(
+            f"{what} should be a number, got {type_name(desc)}: {text(desc.get('repr'))}"
+        )
+    got = desc["number"]
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise malformed(f"{what} is not a number")
+    return got
+
+
+def values(data: Any, what: str, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """Recorded tensor data (nested lists) of the ``shape`` the observation made."""
+    got = torch.tensor(data, dtype=torch.float64)
+    if tuple(got.shape) != tuple(shape):
+        raise malformed(f"{what} does not hold values of shape {tuple(shape)}")
+    return got.to(dtype)
+
+
+def tensor(desc: Any, what: str, shape: Sequence[int], dtype: torch.dtype, device: str) -> Tensor:
+    """A described tensor like the parameter (shape, dtype, device), with its values."""
+    if not isinstance(desc, dict):
+        raise malformed(f"{what} is not described")
+    if desc.get("kind") != "Tensor":
+        raise GradingError(f"{what} should be a torch.Tensor, got {type_name(desc)}")
+    got = tuple(field(desc, "shape", list))
+    if got != tuple(shape):
+        raise GradingError(f"{what} has shape {got}; expected {tuple(shape)}"[:MAX_TEXT])
+    for key, want, why in (("dtype", str(dtype), "dtype"), ("device", device, "device")):
+        if text(desc.get(key), 100) != want:
+            on = "has dtype" if key == "dtype" else "is on"
+            raise GradingError(
+                f"{what} {on} {text(desc.get(key), 100)}; expected {want}, the parameter's {why}"
+            )
+    return values(desc.get("data"), what, shape, dtype)
+
+
+def refuse_delegation(obs: Any, name: str) -> None:
+    """Refuse the answer when its MRO or source named the reference (seen in the sandbox)."""
+    reasons = texts(field(obs, "delegation", list))
+    if reasons:
+        raise refusal(name, reasons)
+
+
+def stopped(obs: Any, name: str, calls: dict[str, str] | None = None) -> None:
+    """Raise why the observation ended where its data end."""
+    stop = obs.get("stop") if isinstance(obs, dict) else None
+    if not isinstance(stop, dict):
+        raise malformed("the recorded data end early without a reason")
+    kind, call = stop.get("kind"), stop.get("call", "call")
+    calls = calls or {"call": name}
+    if kind == "refused":
+        hits = dict.fromkeys(texts(stop.get("hits")))
+        raise refusal(name, [f"running it called {hit}" for hit in hits])
+    if kind == "raised" and isinstance(call, str) and call in calls:
+        raise GradingError(f"{calls[call]} raised {text(stop.get('error'))}")
+    if kind == "crash":
+        raise GradingError(
+            f"{name}: looking at its results raised {text(stop.get('error'))}; return plain "
+            "tensors, numbers and containers"
+        )
+    if kind == "not_optimizer":
+        got = text(stop.get("type"), 200)
+        raise GradingError(f"{name}(...) should be a torch.optim.Optimizer, got {got}")
+    raise malformed("it stopped for an unknown reason")
+
+
+def end_of(obs: Any, name: str, calls: dict[str, str] | None = None) -> None:
+    """Every recorded result passed: a recorded stop still fails the check."""
+    if isinstance(obs, dict) and obs.get("stop") is not None:
+        stopped(obs, name, calls)
+
+
+# --------------------------------------------------------------------------------------
+# Comparing, with messages a student can act on.
+# --------------------------------------------------------------------------------------
+
+
+def relative_error(got: Tensor, expected: Tensor) -> Tensor:
+    """``|got - expected| / max(|expected|, 1)`` elementwise, in float64; NaN counts as inf."""
+    got64, exp64 = got.detach().cpu().double(), expected.detach().cpu().double()
+    if got64.shape != exp64.shape:
+        raise GradingError(f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected")
+    error = (got64 - exp64).abs() / exp64.abs().clamp_min(1.0)
+    return torch.nan_to_num(error, nan=math.inf, posinf=math.inf)
+
+
+def first_mismatch(got: Tensor, expected: Tensor, rtol: float) -> tuple[int, ...] | None:
+    """Index of the worst element outside ``rtol * max(|expected|, 1)``; None when all fit."""
+    error = relative_error(got, expected)
+    if error.numel() == 0 or error.max().item() <= rtol:
+        return None
+    flat = torch.tensor(int(error.argmax().item()))
+    return tuple(int(i) for i in torch.unravel_index(flat, error.shape))
+
+
+def describe_mismatch(got: Tensor, expected: Tensor, index: tuple[int, ...], rtol: float) -> str:
+    g, e = got.detach()[index].item(), expected.detach()[index].item()
+    return (
+        f"{f'element {index}' if index else 'value'}: expected {e:.10g}, got {g:.10g} "
+        f"(difference {abs(g - e):.3g}; allowed {rtol:.0e} x max(|expected|, 1) for "
+        f"{DTYPE_NAMES.get(got.dtype, got.dtype)})"
+    )
+
+
+def format_call(name: str, kwargs: dict[str, Any], positional: Sequence[Any] = ()) -> str:
+    args = [repr(a) for a in positional] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(args)})"
+
+
+def disagreement(
+    got: float, expected: Any, rtol: float, atol: float = 0.0, unit: str = ""
+) -> str | None:
+    """None when ``got`` agrees with ``expected``, else ``"expected E, got G (how compared)"``.
+    An ``int`` expected (byte and block counts, step numbers) agrees only with the same
+    integer; other numbers within ``max(rtol * |expected|, atol)`` (NaN never agrees)."""
+    if type(expected) is int:
+        if got != expected:
+            return f"expected {expected}{unit}, got {got!r}{unit} (compared exactly: an integer)"
+        return None
+    got, expected = float(got), float(expected)
+    if math.isfinite(got) and abs(got - expected) <= max(rtol * abs(expected), atol):
+        return None
+    return f"expected {expected:.10g}{unit}, got {got:.10g}{unit} (allowed relative error {rtol:g})"
+
+
+# --------------------------------------------------------------------------------------
+# Adam's update, and the mistakes students make.
+# --------------------------------------------------------------------------------------
+
+MISTAKES: dict[str, str] = {
+    "no_bias_correction": (
+        "your result matches Adam without bias correction: after {t} steps the bias correction "
+        "of m should be 1 - {b1}**{t} = {bc1:.5g} (and of v 1 - {b2}**{t} = {bc2:.5g}); yours "
+        "is 1.0. Divide m by 1 - beta1**step and v by 1 - beta2**step."
+    ),
+    "step_plus_one": (
+        "your result matches a bias correction one step ahead: after {t} steps it should be "
+        "1 - {b1}**{t} = {bc1:.5g}; yours is 1 - {b1}**{t1} = {bc1_next:.5g}. Is `step` "
+        "incremented before it is used (or counted from 1 and incremented again)? step is the "
+        "number of this update: 1 for the first."
+    ),
+    "eps_inside_sqrt": (
+        "your result matches eps inside the square root: the update is "
+        "m_hat / (sqrt(v_hat) + eps), with eps added after the square root."
+    ),
+    "eps_before_bias_correction": (
+        "your result matches eps added before the bias correction of v: the denominator is "
+        "sqrt(v / (1 - beta2**step)) + eps, eps added last."
+    ),
+    "betas_swapped": (
+        "your moving averages put the weights the wrong way round: m = beta1 * m + "
+        "(1 - beta1) * grad, and v = beta2 * v + (1 - beta2) * grad**2."
+    ),
+    "v_not_squared": "your v averages |grad| instead of grad**2.",
+    "no_sqrt": "your update divides by v_hat instead of sqrt(v_hat).",
+    "no_weight_decay": (
+        "your result matches weight_decay being ignored: Adam adds weight_decay * param to "
+        "the gradient before the moving averages."
+    ),
+    "decoupled_in_adam": (
+        "your weight decay is decoupled (AdamW's): this is Adam, whose weight_decay adds "
+        "weight_decay * param to the gradient before the moving averages (as torch.optim.Adam)."
+    ),
+    "coupled": (
+        "your result matches weight decay added to the gradient (Adam's L2 penalty, "
+        "grad + weight_decay * param). AdamW decouples it: first param *= 1 - lr * "
+        "weight_decay, then the Adam step with the plain gradient."
+    ),
+    "decay_without_lr": (
+        "your weight decay is not scaled by the learning rate: torch.optim.AdamW multiplies "
+        "the weights by 1 - lr * weight_decay, not 1 - weight_decay."
+    ),
+    "decay_after_update": (
+        "your weight decay is applied after the Adam step; torch.optim.AdamW shrinks the "
+        "weights first (param *= 1 - lr * weight_decay), then subtracts the Adam update."
+    ),
+    "lr_cached": (
+        "after the learning rate was changed in param_groups (before step {t}), your optimizer "
+        "kept the old one: read group['lr'] inside step(), every step (schedulers change it)."
+    ),
+}
+ADAM_MISTAKES = (
+    "no_bias_correction",
+    "step_plus_one",
+    "eps_inside_sqrt",
+    "eps_before_bias_correction",
+    "betas_swapped",
+    "v_not_squared",
+    "no_sqrt",
+)
+ADAMW_MISTAKES = ("coupled", "decay_without_lr", "decay_after_update", "lr_cached", *ADAM_MISTAKES)
+
+
+def reference_update(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, t: int, *, lr: float, beta1: float,
+    beta2: float, eps: float, weight_decay: float, decoupled: bool, mistake: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip # the hyperparameters on two lines, as in torch
+    """One Adam (or, ``decoupled``, AdamW) update in float64, optionally with one mistake."""
+    t += mistake == "step_plus_one"
+    decay_first = decay_after = False
+    if weight_decay and mistake != "no_weight_decay":
+        if not decoupled and mistake != "decoupled_in_adam":
+            g = g + weight_decay * p
+        elif mistake == "coupled":
+            g = g + weight_decay * p
+        elif mistake == "decay_without_lr":
+            p = p * (1 - weight_decay)
+        else:
+            decay_after = mistake == "decay_after_update"
+            decay_first = not decay_after
+    if decay_first:
+        p = p * (1 - lr * weight_decay)
+    if mistake == "betas_swapped":
+        m, v = beta1 * g + (1 - beta1) * m, beta2 * g * g + (1 - beta2) * v
+    else:
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * (g.abs() if mistake == "v_not_squared" else g * g)
+    bc1, bc2 = (1.0, 1.0) if mistake == "no_bias_correction" else (1 - beta1**t, 1 - beta2**t)
+    denom = {
+        "eps_inside_sqrt": lambda: (v / bc2 + eps).sqrt(),
+        "eps_before_bias_correction": lambda: (v.sqrt() + eps) / math.sqrt(bc2),
+        "no_sqrt": lambda: v / bc2 + eps,
+    }.get(mistake, lambda: (v / bc2).sqrt() + eps)()
+    p = p - lr * (m / bc1) / denom
+    if decay_after:
+        p = p * (1 - lr * weight_decay)
+    return p, m, v
+
+
+def hint(mistake: str, t: int, beta1: float, beta2: float) -> str:
+    template = MISTAKES[mistake].replace("{t} steps", "{t} step" + "s" * (t != 1))
+    return template.format(
+        t=t, t1=t + 1, b1=beta1, b2=beta2, bc1=1 - beta1**t, bc2=1 - beta2**t,
+        bc1_next=1 - beta1 ** (t + 1),
+    )  # fmt: skip # the values of the template's fields, not one a line
+
+
+def trajectory(probe: Any, decoupled: bool, mistake: str | None = None) -> list[tuple]:
+    """(param, m, v) after every update of a probe, in float64, optionally with a mistake."""
+    p = torch.tensor(probe.start, dtype=torch.float64)
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    out = []
+    for t in range(1, probe.steps + 1):
+        hyper = probe.hyper(1 if mistake == "lr_cached" else t)
+        g = torch.tensor(probe.gradient(t), dtype=torch.float64)
+        p, m, v = reference_update(
+            p, g, m, v, t, **hyper, decoupled=decoupled,
+            mistake=None if mistake == "lr_cached" else mistake,
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
+        out.append((p, m, v))
+    return out
+
+
+def diagnose(
+    got: list[Tensor], probe: Any, decoupled: bool, candidates: Iterable[str]
+) -> str | None:
+    """The first of ``candidates`` that this probe tells apart from a correct answer (its
+    trajectory differs by more than 1e-7) and whose trajectory ``got`` matches (within 1e-7,
+    and closer than to the correct one): without weight decay, Adam's L2 penalty and AdamW's
+    decoupled decay are the same trajectory, and neither is named."""
+
+    def distance(a: list[Tensor], b: list[Tensor]) -> float:  # over the steps of the shorter
+        return max(
+            (relative_error(x, y).max().item() for x, y in zip(a, b, strict=False)), default=0.0
+        )
+
+    correct = [p for p, _, _ in trajectory(probe, decoupled)][: len(got)]
+    for mistake in candidates:
+        expected = [p for p, _, _ in trajectory(probe, decoupled, mistake)]
+        near = distance(got, expected)
+        if distance(expected, correct) > 1e-7 and near <= 1e-7 and near < distance(got, correct):
+            return mistake
+    return None
+
+
+def first_nonfinite_hint(t: int) -> str:
+    if t == 1:
+        return (
+            " The first update is not finite: if the bias correction is 1 - beta**(step - 1), "
+            "it is 0 at the first update. step is the number of this update, 1 for the first: "
+            "is `step` used before it is incremented?"
+        )
+    return " A value became inf or NaN: check for a division by a quantity that can be 0."
+
+
+def torch_effective_steps(
+    grads: Sequence[float], *, lr: float, betas: tuple[float, float], eps: float
+) -> Tensor:
+    """|update_t| / lr of ``torch.optim.Adam`` on one float64 scalar fed ``grads`` in order."""
+    p = torch.zeros((), dtype=torch.float64)
+    opt = torch.optim.Adam([p], lr=lr, betas=tuple(betas), eps=eps, foreach=False)
+    out = []
+    for g in grads:
+        before = p.clone()
+        p.grad = torch.tensor(float(g), dtype=torch.float64)
+        opt.step()
+        out.append((p - before).abs().item() / lr)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------
+# The inputs: small probes where each known mistake shows, random cases against torch.
+# --------------------------------------------------------------------------------------
+
+Case = tuple[Sequence[Any], dict[str, Any]]
+F64 = torch.float64
+
+
+@dataclass
+class Probe:
+    """A small float64 problem where each known mistake gives a visibly different result."""
+
+    lr: float = 0.1
+    beta1: float = 0.8
+    beta2: float = 0.95
+    eps: float = 1e-3
+    weight_decay: float = 0.0
+    steps: int = 6
+    lr_change_at: int | None = None  # 0-based step before which lr is halved
+    start: Sequence[float] = (0.5, -1.5, 0.02)
+
+    @classmethod
+    def random(cls, rng: random.Random, **overrides: Any) -> Probe:
+        probe = cls(
+            lr=rng.choice([0.05, 0.1, 0.2]),
+            beta1=rng.choice([0.7, 0.8, 0.85]),
+            beta2=rng.choice([0.9, 0.95, 0.97]),
+            eps=rng.choice([1e-3, 3e-3]),
+            start=[rng.uniform(0.2, 1.0), -rng.uniform(0.5, 2.0), rng.uniform(-0.05, 0.05)],
+        )
+        for key, value in overrides.items():
+            setattr(probe, key, value)
+        return probe
+
+    @classmethod
+    def draw(cls, rng: random.Random, seed: int | None, **overrides: Any) -> Probe:
+        return cls(**overrides) if seed is None else cls.random(rng, **overrides)
+
+    def grads(self) -> list[list[float]]:
+        return [self.gradient(t) for t in range(1, self.steps + 1)]
+
+    def gradient(self, t: int) -> list[float]:
+        """The gradient fed at update number ``t`` (1-based): mixed signs and sizes."""
+        return [0.3 + 0.1 * t, (-1.0) ** t * 2.0, 0.002 * t]
+
+    def hyper(self, t: int) -> dict[str, float]:
+        halved = self.lr_change_at is not None and t - 1 >= self.lr_change_at
+        return {
+            "lr": self.lr * 0.5 if halved else self.lr,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+
+    def settings(self) -> str:
+        text_ = (
+            f"lr={self.lr}, betas=({self.beta1}, {self.beta2}), eps={self.eps}, "
+            f"weight_decay={self.weight_decay}, start={[round(x, 4) for x in self.start]}"
+        )
+        if self.lr_change_at is not None:
+            text_ += f", lr halved before update {self.lr_change_at + 1}"
+        return text_
+
+
+def random_shape(rng: random.Random) -> tuple[int, ...]:
+    return tuple(rng.randint(1, 5) for _ in range(rng.randint(0, 3)))
+
+
+def random_hyper(rng: random.Random) -> dict[str, float]:
+    return {
+        "lr": 10 ** rng.uniform(-4, -1),
+        "beta1": rng.choice([0.0, 0.5, 0.9, rng.uniform(0.0, 0.99)]),
+        "beta2": rng.choice([0.95, 0.999, rng.uniform(0.9, 0.9999)]),
+        "eps": rng.choice([1e-8, 1e-6, 1e-3]),
+        "weight_decay": rng.choice([0.0, 1e-4, 0.05, 0.1]),
+    }
+
+
+def dtype_of(name: Any) -> torch.dtype:
+    dtype = name if isinstance(name, torch.dtype) else getattr(torch, str(name).split(".")[-1], 0)
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"No tolerance for {name}: the checks use float32 and float64")
+    return dtype
+
+
+def randn(gen: torch.Generator, shape: Sequence[int], dtype: torch.dtype, scale: float = 1.0):
+    return (torch.randn(tuple(shape), generator=gen, dtype=F64) * scale).to(dtype)
+
+
+def _like_device(device: str) -> str:
+    """How a tensor on ``device`` reports its device (``cuda`` becomes ``cuda:0``)."""
+    torch_device = torch.device(device)
+    if torch_device.type == "cpu":
+        return "cpu"
+    return f"{torch_device.type}:{torch_device.index or 0}"
+
+
+# --------------------------------------------------------------------------------------
+# Assignments `adam` and `adamw`: a functional update (protocol `update`) and an optimizer
+# class (protocol `optimizer`), on small probes and on random runs against torch.
+# --------------------------------------------------------------------------------------
+
+CALLS = {"init": "AdamW", "step": "AdamW.step"}
+
+
+def _adam(check: str, update: Any, device: str, runs: list, moments: bool, judge: Any) -> None:
+    inputs = {"device": device, "kind": "optimizer", "moments": moments, "runs": runs}
+    run_check(check, "update", update, inputs, judge, name="adam_update", kind="optimizer")
+
+
+def _adamw(check: str, cls: Any, device: str, runs: list, judge: Any) -> None:
+    inputs = {"device": device, "kind": "optimizer", "runs": runs}
+    run_check(check, "optimizer", cls, inputs, judge, name="AdamW", kind="optimizer")
+
+
+def _probes(seed: int | None, adamw: bool) -> list[Probe]:
+    """Without, then with weight decay (for AdamW, and an lr change); ``seed=None``: the
+    fixed probes the notebooks describe."""
+    rng = random.Random(seed)
+    if not adamw:
+        return [Probe.draw(rng, seed), Probe.draw(rng, seed, weight_decay=0.1)]
+    first = Probe.draw(rng, seed, weight_decay=0.0, steps=5)
+    if seed is None:
+        return [first, Probe(weight_decay=0.2, steps=8, lr_change_at=5)]
+    decay = {"weight_decay": rng.choice([0.1, 0.2, 0.3]), "lr_change_at": rng.randint(3, 6)}
+    return [first, Probe.draw(rng, seed, steps=8, **decay)]
+
+
+def _probe_error(
+    call: str, probe: Probe, t: int, what: str, got: Tensor, want: Tensor, params: list, adamw: bool
+) -> None:
+    """When ``got`` (the ``what`` after update ``t``) is wrong: the error, naming the mistake
+    the parameter's trajectory so far matches, if the probe can tell it."""
+    where = first_mismatch(got, want, RTOL[F64])
+    if where is None:
+        return
+    message = f"{call}: after step {t} the {what} is wrong, "
+    message += describe_mismatch(got, want, where, RTOL[F64]) + "."
+    if not torch.isfinite(got).all():
+        raise GradingError(message + first_nonfinite_hint(t))
+    extra = ("no_weight_decay", "decoupled_in_adam")
+    mistake = diagnose(params, probe, adamw, ADAMW_MISTAKES if adamw else (*ADAM_MISTAKES, *extra))
+    if mistake:  # lr_cached is told apart only on a probe whose lr changes
+        at = probe.lr_change_at + 1 if mistake == "lr_cached" else t
+        message += " Likely mistake: " + hint(mistake, at, probe.beta1, probe.beta2)
+    elif what == "returned m":
+        message += " m = beta1 * m + (1 - beta1) * grad (with Adam's weight decay added to grad)."
+    elif what == "returned v":
+        message += " v = beta2 * v + (1 - beta2) * grad**2 (with Adam's weight decay added first)."
+    raise GradingError(message)
+
+
+def _update_stop(obs: Any, shape: Sequence[int], dtype: torch.dtype, device: str) -> None:
+    """Why the observation of ``adam_update`` ends: an unusable result, or :func:`stopped`."""
+    stop = obs.get("stop")
+    if isinstance(stop, dict) and stop.get("kind") == "bad_result":
+        desc = field(stop, "result")
+        if desc.get("kind") not in ("tuple", "list") or desc.get("size") != 3:
+            length = f" of length {desc['size']}" if isinstance(desc.get("size"), int) else ""
+            raise GradingError(
+                f"adam_update should return the tuple (param, m, v) of new tensors; got "
+                f"{type_name(desc)}{length}"
+            )
+        for item, what in zip(entries(desc, "items", 3), ("param", "m", "v"), strict=True):
+            tensor(item, f"the returned {what}", shape, dtype, _like_device(device))
+    stopped(obs, "adam_update")
+
+
+def _runs(obs: Any, name: str, made: int) -> list[Any]:
+    """The runs recorded, once what the observation saw of the answer itself passed."""
+    if name == "AdamW" and field(obs, "class").get("ok") is not True:
+        got = text(obs["class"].get("repr"))
+        raise GradingError(f"AdamW should be a class derived from torch.optim.Optimizer, got {got}")
+    refuse_delegation(obs, name)
+    return entries(obs, "runs", made)
+
+
+def _steps(runs: list, index: int, steps: int, stop: Callable[[], None]) -> list:
+    """What run ``index`` recorded after each of its steps (at most ``steps``); ``stop()``
+    when there is no such run, the error when the constructor raised."""
+    if index >= len(runs):
+        stop()
+    run = runs[index]
+    if isinstance(run, dict) and isinstance(run.get("error"), dict):
+        raise GradingError(f"AdamW raised {text(run['error'].get('text'))}")
+    return entries(run if isinstance(run, dict) else {"params": run}, "params", steps)
+
+
+def _stop_adamw(obs: Any) -> Callable[[], None]:
+    return lambda: stopped(obs, "AdamW", CALLS)
+
+
+def check_adam_first_steps(
+    adam_update: Any, *, device: Any = None, seed: int | None = None
+) -> None:
+    """A few updates on a 3-element float64 parameter, without then with weight decay: ``m``,
+    ``v`` and the parameter after each, with the usual mistakes named."""
+    probes, device = _probes(seed, adamw=False), device_name(device)
+    runs = [
+        {"dtype": "float64", "start": p.start, "hyper": p.hyper(1), "grads": p.grads()}
+        for p in probes
+    ]
+
+    def judge(obs: Any) -> None:
+        recorded = _runs(obs, "adam_update", len(probes))
+        stop = functools.partial(_update_stop, obs, (3,), F64, device)
+        for index, probe in enumerate(probes):
+            steps, params = _steps(recorded, index, probe.steps, stop), []
+            call = f"adam_update({probe.settings()}, float64)"
+            for t, (want_p, want_m, want_v) in enumerate(trajectory(probe, False), start=1):
+                if t > len(steps):
+                    stop()
+                p, m, v = (values(x, "a result", (3,), F64) for x in steps[t - 1])
+                params.append(p)
+                for what, got, want in (("m", m, want_m), ("v", v, want_v), ("param", p, want_p)):
+                    _probe_error(call, probe, t, f"returned {what}", got, want, params, False)
+        end_of(obs, "adam_update")
+
+    _adam("adam_first_steps", adam_update, device, runs, True, judge)
+
+
+def check_adamw_first_steps(AdamW: Any, *, device: Any = None, seed: int | None = None) -> None:
+    """A 3-element float64 parameter over a few steps, with weight decay and an lr change."""
+    probes, runs = _probes(seed, adamw=True), []
+    for p in probes:
+        kwargs = {"lr": p.lr, "betas": (p.beta1, p.beta2), "eps": p.eps}
+        steps = [{"lr": p.hyper(t)["lr"], "grads": [g]} for t, g in enumerate(p.grads(), 1)]
+        run = {"dtype": "float64", "params": [p.start], "steps": steps}
+        runs.append({**run, "kwargs": {**kwargs, "weight_decay": p.weight_decay}})
+
+    def judge(obs: Any) -> None:
+        recorded = _runs(obs, "AdamW", len(probes))
+        for index, probe in enumerate(probes):
+            steps = _steps(recorded, index, probe.steps, _stop_adamw(obs))
+            if len(steps) < probe.steps:
+                stopped(obs, "AdamW", CALLS)  # the run stopped before its steps were compared
+            got = [values(step[0], "the parameter", (3,), F64) for step in steps]
+            call = f"AdamW([p], {probe.settings()}) on float64"
+            for t, (want, _, _) in enumerate(trajectory(probe, True), start=1):
+                _probe_error(call, probe, t, "parameter", got[t - 1], want, got, True)
+        end_of(obs, "AdamW", CALLS)
+
+    _adamw("adamw_first_steps", AdamW, device_name(device), runs, judge)
+
+
+@dataclass
+class TorchCase:
+    """A random run against torch: parameters in groups, their gradients at every step
+    (None: no gradient), every group's lr multiplied by ``factor`` before step ``change_at``."""
+
+    reference: Any  # torch's optimizer class
+    dtype: torch.dtype
+    shapes: list[tuple[int, ...]]
+    groups: list[dict[str, Any]]  # the options of each group; parameter i is in group i % n
+    common: dict[str, Any]  # the constructor's options
+    starts: list[Tensor]
+    grads: list[list[Tensor | None]]  # [step][parameter]
+    about: str  # how the case was made, for messages
+    change_at: int | None = None
+    factor: float = 1.0
+    advice: str = ""
+
+    def param_groups(self, params: list[Any]) -> list[dict[str, Any]]:
+        n = len(self.groups)
+        return [{"params": params[i::n], **self.groups[i]} for i in range(n)]
+
+    def run(self) -> dict[str, Any]:
+        """The case as the `optimizer` protocol's inputs."""
+        steps = [{"grads": [None if g is None else g.tolist() for g in row]} for row in self.grads]
+        if self.change_at is not None:
+            steps[self.change_at]["lr_factor"] = self.factor
+        params = [s.tolist() for s in self.starts]
+        groups = self.param_groups(list(range(len(params))))
+        return {"dtype": DTYPE_NAMES[self.dtype], "params": params, "groups": groups,
+                "kwargs": self.common, "steps": steps}  # fmt: skip # the run's parts by meaning
+
+    def check(
+        self, name: str, seed: int, index: int, device: str, history: list, stop: Any
+    ) -> None:
+        """Step torch's optimizer as the answer was stepped; compare every parameter after
+        every step."""
+        theirs = [s.clone().requires_grad_(True) for s in self.starts]
+        reference = self.reference(self.param_groups(theirs), **self.common)
+        rtol = RTOL[self.dtype]
+        for step, row in enumerate(self.grads):
+            if step >= len(history):
+                stop()
+            if step == self.change_at:
+                for group in reference.param_groups:
+                    group["lr"] = group["lr"] * self.factor
+            for b, g in zip(theirs, row, strict=True):
+                b.grad = None if g is None else g.clone()
+            reference.step()
+            got_row = entries({"row": history[step]}, "row", len(theirs))
+            for i, (got, b) in enumerate(zip(got_row, theirs, strict=True)):
+                a = values(got, f"parameter {i}", self.shapes[i], self.dtype)
+                where = first_mismatch(a, b, rtol)
+                if where is not None:
+                    group = i % len(self.groups)
+                    notes = self.notes(step, i)
+                    raise GradingError(
+                        f"{name} against torch.optim.{self.reference.__name__} (seed {seed}, "
+                        f"case {index}: {self.about} on {device}, group {group} settings "
+                        f"{self.groups[group]}): after step {step + 1}, parameter {i} differs, "
+                        f"{describe_mismatch(a, b, where, rtol)}."
+                        + (" Notes: " + "; ".join(notes) + "." if notes else "")
+                        + (first_nonfinite_hint(step + 1) if not torch.isfinite(a).all() else "")
+                        + self.advice
                     )
-                    if mistake:
-                        message += " Likely mistake: " + hint(mistake, t, probe.beta1, probe.beta2)
-                    elif what == "m":
-                        message += " m = beta1 * m + (1 - beta1) * grad (with Adam's weight decay added to grad first)."
-                    elif what == "v":
-                        message += " v = beta2 * v + (1 - beta2) * grad**2 (with Adam's weight decay added to grad first)."
-                raise GradingError(message)
-    end_of(obs, name)
+
+    def notes(self, step: int, i: int) -> list[str]:
+        """The events of the run so far that a wrong answer may have mishandled."""
+        out = []
+        if self.change_at is not None and step >= self.change_at:
+            out.append(
+                f"every group's lr was multiplied by {self.factor} before step {self.change_at + 1}"
+            )
+        nones = [t + 1 for t in range(step + 1) if self.grads[t][i] is None]
+        if nones:
+            shown = ", ".join(map(str, nones[:10])) + ", ..." * (len(nones) > 10)
+            out.append(
+                f"parameter {i} had grad None at steps {shown} (it must be skipped then, its "
+                "state untouched)"
+            )
+        return out
 
 
-@check(
-    "adam_against_torch", answer="adam_update", kind="optimizer",
-    inputs=("device", "seed", "cases", "steps", "dtypes"),
-)  # fmt: skip # the arguments grouped by meaning, not one a line
-def adam_against_torch(
-    obs: Any,
+def _torch_case(
+    rng: random.Random, gen: torch.Generator, dtype: torch.dtype, steps: int, adamw: bool
+) -> TorchCase:
+    """A random case (the draws in a fixed order: a seed always makes the same case)."""
+    if not adamw:
+        shape, hyper = random_shape(rng), random_hyper(rng)
+        scale = 10 ** rng.choice([-2, -1, 0, 1])
+        start, grads = (
+            randn(gen, shape, dtype),
+            [[randn(gen, shape, dtype, scale)] for _ in range(steps)],
+        )
+        betas = (hyper.pop("beta1"), hyper.pop("beta2"))
+        about = f"shape {shape}, gradients of scale {scale:g}, {DTYPE_NAMES[dtype]}"
+        groups = [{**hyper, "betas": betas}]
+        return TorchCase(
+            torch.optim.Adam, dtype, [shape], groups, {"foreach": False}, [start], grads, about
+        )
+    shapes = [random_shape(rng) for _ in range(rng.randint(2, 5))]
+    groups = []
+    for _ in range(rng.randint(1, min(3, len(shapes)))):
+        h = random_hyper(rng)
+        betas = (h.pop("beta1"), h.pop("beta2"))
+        groups.append({**h, "betas": betas})
+    if len(groups) > 1:
+        del groups[-1]["weight_decay"]  # this group takes the constructor's default
+    common = {"lr": 10 ** rng.uniform(-4, -2), "weight_decay": rng.choice([0.01, 0.1])}
+    del groups[0]["lr"]  # and this one the constructor's lr
+    starts = [randn(gen, s, dtype) for s in shapes]
+    change_at = rng.randint(steps // 3, 2 * steps // 3)
+    factor, none_every = rng.choice([0.1, 0.3, 2.0]), rng.choice([5, 7, 11])
+    grads = [
+        [
+            None if (t + i) % none_every == 0 else randn(gen, s, dtype, 10.0 ** (i % 3 - 1))
+            for i, s in enumerate(shapes)
+        ]
+        for t in range(steps)
+    ]
+    about = f"{len(shapes)} parameters of shapes {shapes} in {len(groups)} group(s); "
+    about += f"constructor {common}, {DTYPE_NAMES[dtype]}"
+    advice = " Run check_adamw_first_steps for a diagnosis on a small example."
+    case = (torch.optim.AdamW, dtype, shapes, groups, common, starts, grads, about, change_at)
+    return TorchCase(*case, factor, advice)
+
+
+def _torch_cases(
+    seed: int, cases: int, steps: int, dtypes: Sequence[Any], adamw: bool
+) -> list[TorchCase]:
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    return [
+        _torch_case(rng, gen, dtype_of(dtypes[i % len(dtypes)]), steps, adamw) for i in range(cases)
+    ]
+
+
+def check_adam_against_torch(
+    adam_update: Any,
     *,
     device: Any = None,
     seed: int = 0,
@@ -219,221 +766,34 @@ def adam_against_torch(
     dtypes: Sequence[Any] = (torch.float64, torch.float32),
 ) -> None:
     """Random shapes and hyperparameters, ``steps`` updates each, against ``torch.optim.Adam``."""
-    name = "adam_update"
-    refuse_delegation(obs, name)
-    torch_device = torch.device(device)
-    like_device = _device_text(torch_device)
-    recorded = _list(obs, "cases", cases)
-    for index, case in enumerate(adam_torch_cases(seed, cases, steps, dtypes, torch_device)):
-        handlers = {"bad_result": _bad_update_result(case.shape, case.dtype, like_device)}
-        if index >= len(recorded):
-            raise_stop(obs, name, handlers=handlers)
-        params = _trajectory_of(
-            _field(recorded[index], "params", dict), "params", case.shape, case.dtype, steps
-        )
-        rtol = tolerance(case.dtype)
-        hyper = case.hyper
-        ref = case.start.clone()
-        torch_opt = torch.optim.Adam(
-            [ref], lr=hyper["lr"], betas=(hyper["beta1"], hyper["beta2"]), eps=hyper["eps"],
-            weight_decay=hyper["weight_decay"], foreach=False,
-        )  # fmt: skip # the arguments grouped by meaning, not one a line
-        for t, g in enumerate(case.grads, start=1):
-            if t > params.shape[0]:
-                raise_stop(obs, name, handlers=handlers)
-            p = params[t - 1]
-            ref.grad = g.clone()
-            torch_opt.step()
-            index_ = first_mismatch(p, ref, rtol)
-            if index_ is not None:
-                settings = ", ".join(f"{k}={val:.4g}" for k, val in hyper.items())
-                raise GradingError(
-                    f"adam_update against torch.optim.Adam (seed {seed}, case {index}: shape "
-                    f"{tuple(case.shape)}, {DTYPE_NAMES[case.dtype]} on {torch_device}, "
-                    f"{settings}, gradients of scale {case.scale:g}): after step={t} the "
-                    f"parameter differs, {describe_mismatch(p, ref, index_, rtol)}."
-                    + (first_nonfinite_hint(t) if not torch.isfinite(p).all() else "")
-                )
-    end_of(obs, name)
-
-
-@check(
-    "effective_steps", answer="effective_steps", kind="optimizer",
-    inputs=lambda a: {
-        "sequences": [[float(g) for g in grads] for grads in a["sequences"]],
-        "lr": a["lr"], "betas": list(a["betas"]), "eps": a["eps"],
-    },
-)  # fmt: skip # the arguments grouped by meaning, not one a line
-def effective_steps(
-    obs: Any,
-    sequences: Sequence[Sequence[float]],
-    *,
-    lr: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    rtol: float = 1e-6,
-) -> None:
-    """``effective_steps(grads, lr=, beta1=, beta2=, eps=)`` against |update| / lr of torch's Adam."""
-    sequences = [[float(g) for g in grads] for grads in sequences]
-    name = "effective_steps"
-    refuse_delegation(obs, name)
-    results = _list(obs, "results", len(sequences))
-
-    def not_numbers(stop: dict[str, Any]) -> None:
-        raise GradingError(
-            "effective_steps should return a list or 1-d tensor of numbers, got "
-            f"{text(stop.get('type'), 200)}"
+    made, device = _torch_cases(seed, cases, steps, dtypes, adamw=False), device_name(device)
+    runs = []
+    for case in made:
+        hyper = {k: v for k, v in case.groups[0].items() if k != "betas"}
+        hyper.update(beta1=case.groups[0]["betas"][0], beta2=case.groups[0]["betas"][1])
+        grads = [row[0].tolist() for row in case.grads]
+        runs.append(
+            {
+                "dtype": DTYPE_NAMES[case.dtype],
+                "start": case.starts[0].tolist(),
+                "grads": grads,
+                "hyper": hyper,
+            }
         )
 
-    for index, grads in enumerate(sequences):
-        expected = torch_effective_steps(grads, lr=lr, betas=betas, eps=eps)
-        if index >= len(results):
-            raise_stop(obs, name, handlers={"bad_result": not_numbers})
-        count = _int(results[index], "count")
-        if count != len(grads):
-            raise GradingError(
-                f"effective_steps returned {count} values for {len(grads)} gradients: one per step"
-            )
-        values = _field(results[index], "values", list)
-        if len(values) != len(grads):
-            raise malformed("the number of values is not the count recorded")
-        for t in range(len(grads)):
-            wrong = disagreement(_float(values[t], "a value"), expected[t].item(), rtol, 1e-12)
-            if wrong:
-                shown = ", ".join(f"{x:g}" for x in grads[:6]) + (", ..." if len(grads) > 6 else "")
-                raise GradingError(
-                    f"effective_steps([{shown}], lr={lr}, beta1={betas[0]}, beta2={betas[1]}, "
-                    f"eps={eps}): at step {t + 1} {wrong}. The effective step is "
-                    "|theta_t - theta_(t-1)| / lr, from a fresh optimizer, gradients fed in order."
-                )
-    end_of(obs, name)
+    def judge(obs: Any) -> None:
+        recorded = _runs(obs, "adam_update", cases)
+        for index, case in enumerate(made):
+            stop = functools.partial(_update_stop, obs, case.shapes[0], case.dtype, device)
+            history = _steps(recorded, index, steps, stop)
+            case.check("adam_update", seed, index, device, history, stop)
+        end_of(obs, "adam_update")
+
+    _adam("adam_against_torch", adam_update, device, runs, False, judge)
 
 
-# --------------------------------------------------------------------------------------
-# Assignment `adamw`.
-# --------------------------------------------------------------------------------------
-
-
-def _stop(obs: Any, name: str) -> None:
-    def not_optimizer(stop: dict[str, Any]) -> None:
-        raise GradingError(
-            f"{name}(...) should be a torch.optim.Optimizer, got {text(stop.get('type'), 200)}"
-        )
-
-    calls = {"init": name, "step": f"{name}.step"}
-    raise_stop(obs, name, calls=calls, handlers={"not_optimizer": not_optimizer})
-
-
-def check_class(obs: Any, name: str) -> None:
-    """The answer is a ``torch.optim.Optimizer`` subclass that does not delegate."""
-    info = _field(obs, "class", dict)
-    if info.get("ok") is not True:
-        raise GradingError(
-            f"{name} should be a class derived from torch.optim.Optimizer, got "
-            f"{text(info.get('repr'))}"
-        )
-    refuse_delegation(obs, name)
-
-
-@check("adamw_constructor", answer="AdamW", kind="optimizer", inputs=("seed",))
-def adamw_constructor(obs: Any, *, seed: int | None = None) -> None:
-    """Defaults like torch's, and ``ValueError`` for hyperparameters out of range."""
-    name = "AdamW"
-    check_class(obs, name)
-    if "defaults" not in obs:
-        _stop(obs, name)
-    defaults = _field(obs, "defaults", dict)
-    expected = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
-    for key, value in expected.items():
-        entry = _field(defaults, key, dict)
-        if entry.get("present") is not True:
-            raise GradingError(
-                f"param_groups[0] has no {key!r}: pass the hyperparameters as the defaults dict "
-                "to torch.optim.Optimizer.__init__(params, defaults)"
-            )
-        got = entry.get("value")
-        if key == "betas":
-            same = isinstance(got, list) and tuple(got) == value
-        else:
-            same = got is not None and not isinstance(got, (list, dict, str)) and got == value
-        if not same:
-            raise GradingError(
-                f"the default {key} should be {value} (as torch.optim.AdamW), got "
-                f"{text(entry.get('repr'))}"
-            )
-    cases = constructor_cases(seed)
-    if "invalid" not in obs:
-        _stop(obs, name)
-    invalid = _list(obs, "invalid", len(cases))
-    for index, (kwargs, what) in enumerate(cases):
-        if index >= len(invalid):
-            _stop(obs, name)
-        entry = invalid[index]
-        hits = _texts(_field(entry, "hits", list), "hits")
-        if hits:
-            raise refusal(name, [f"running it called {hit}" for hit in hits])
-        call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        outcome = _field(entry, "outcome", str)
-        if outcome == "value_error":
-            continue
-        if outcome == "other":
-            raise GradingError(
-                f"AdamW([p], {call}) raised {text(entry.get('error'))}; an invalid {what} "
-                "should raise ValueError"
-            )
-        if outcome == "accepted":
-            raise GradingError(
-                f"AdamW([p], {call}) was accepted: an invalid {what} should raise ValueError, "
-                f"as torch.optim.AdamW does (e.g. ValueError('Invalid learning rate: -0.5'))"
-            )
-        raise malformed("an outcome is unknown")
-    end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
-
-
-@check("adamw_first_steps", answer="AdamW", kind="optimizer", inputs=("device", "seed"))
-def adamw_first_steps(obs: Any, *, device: Any = None, seed: int | None = None) -> None:
-    """A 3-element float64 parameter over a few steps, with weight decay and an lr change."""
-    name = "AdamW"
-    check_class(obs, name)
-    probes = adamw_probes(seed)
-    recorded = _list(obs, "probes", len(probes))
-    rtol = RTOL[torch.float64]
-    for index, probe in enumerate(probes):
-        if index >= len(recorded):
-            _stop(obs, name)
-        params = _trajectory_of(
-            _field(recorded[index], "params", dict), "params", (len(probe.start),),
-            torch.float64, probe.steps,
-        )  # fmt: skip # the arguments grouped by meaning, not one a line
-        if params.shape[0] < probe.steps:
-            _stop(obs, name)  # the run stopped before its steps were compared
-        got = list(params)
-        expected = [p for p, _, _ in trajectory(probe, decoupled=True)]
-        for t, (g, e) in enumerate(zip(got, expected, strict=True), start=1):
-            index_ = first_mismatch(g, e, rtol)
-            if index_ is None:
-                continue
-            message = (
-                f"AdamW([p], {probe.settings()}) on float64: after step {t} the parameter is "
-                f"wrong, {describe_mismatch(g, e, index_, rtol)}."
-            )
-            if not torch.isfinite(g).all():
-                message += first_nonfinite_hint(t)
-            else:
-                mistake = diagnose(got, probe, True, ADAMW_MISTAKES)
-                if mistake:  # lr_cached is told apart only on a probe whose lr changes
-                    hint_t = probe.lr_change_at + 1 if mistake == "lr_cached" else t
-                    message += " Likely mistake: " + hint(mistake, hint_t, probe.beta1, probe.beta2)
-            raise GradingError(message)
-    end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
-
-
-@check(
-    "adamw_against_torch", answer="AdamW", kind="optimizer",
-    inputs=("device", "seed", "cases", "steps", "dtypes"),
-)  # fmt: skip # the arguments grouped by meaning, not one a line
-def adamw_against_torch(
-    obs: Any,
+def check_adamw_against_torch(
+    AdamW: Any,
     *,
     device: Any = None,
     seed: int = 0,
@@ -443,166 +803,247 @@ def adamw_against_torch(
 ) -> None:
     """Random shapes, hyperparameters and parameter groups, the learning rate changed mid-run,
     some gradients ``None``: ``steps`` steps against ``torch.optim.AdamW``, after every step."""
-    name = "AdamW"
-    check_class(obs, name)
-    torch_device = torch.device(device)
-    recorded = _list(obs, "cases", cases)
-    for index, case in enumerate(adamw_torch_cases(seed, cases, steps, dtypes, torch_device)):
-        if index >= len(recorded):
-            _stop(obs, name)
-        stacks = _field(recorded[index], "params", list)
-        if len(stacks) != len(case.shapes):
-            raise malformed("a case does not record every parameter")
-        history = [
-            _trajectory_of(stack, f"parameter {i}", shape, case.dtype, steps)
-            for i, (stack, shape) in enumerate(zip(stacks, case.shapes, strict=True))
-        ]
-        done = history[0].shape[0]
-        if any(h.shape[0] != done for h in history):
-            raise malformed("the parameters record different numbers of steps")
-        rtol = tolerance(case.dtype)
-        theirs = [s.clone().requires_grad_(True) for s in case.starts]
-        reference = torch.optim.AdamW(case.groups(theirs), **case.common)
-        for step, row in enumerate(case.grads):
-            if step >= done:
-                _stop(obs, name)
-            if step == case.change_at:
-                for group in reference.param_groups:
-                    group["lr"] = group["lr"] * case.factor
-            for b, g in zip(theirs, row, strict=True):
-                b.grad = None if g is None else g.clone()
-            reference.step()
-            for i, b in enumerate(theirs):
-                a = history[i][step]
-                index_ = first_mismatch(a, b, rtol)
-                if index_ is None:
-                    continue
-                group_index = i % case.n_groups
-                events = []
-                if step >= case.change_at:
-                    events.append(
-                        f"every group's lr was multiplied by {case.factor} before step "
-                        f"{case.change_at + 1}"
-                    )
-                if step >= case.none_every - 1 or i:
-                    events.append(
-                        f"parameter {i} had grad None at steps where (step - 1 + {i}) % "
-                        f"{case.none_every} == 0 (it must be skipped then, its state untouched)"
-                    )
+    made, device = _torch_cases(seed, cases, steps, dtypes, adamw=True), device_name(device)
+
+    def judge(obs: Any) -> None:
+        recorded = _runs(obs, "AdamW", cases)
+        for index, case in enumerate(made):
+            history = _steps(recorded, index, steps, _stop_adamw(obs))
+            case.check("AdamW", seed, index, device, history, _stop_adamw(obs))
+        end_of(obs, "AdamW", CALLS)
+
+    _adamw("adamw_against_torch", AdamW, device, [case.run() for case in made], judge)
+
+
+def check_effective_steps(
+    effective_steps: Any,
+    sequences: Sequence[Sequence[float]],
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    rtol: float = 1e-6,
+) -> None:
+    """``effective_steps(grads, lr=, beta1=, beta2=, eps=)``: |update| / lr of torch's Adam."""
+    sequences = [[float(g) for g in grads] for grads in sequences]
+    settings = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
+    calls = [[[grads], settings] for grads in sequences]
+
+    name = "effective_steps"
+
+    def judge(obs: Any) -> None:
+        refuse_delegation(obs, name)
+        results = entries(obs, "results", len(sequences))
+        for index, grads in enumerate(sequences):
+            if index >= len(results):
+                stopped(obs, name)
+            got = _numbers(results[index], name)
+            if len(got) != len(grads):
                 raise GradingError(
-                    f"AdamW against torch.optim.AdamW (seed {seed}, case {index}: "
-                    f"{len(case.shapes)} parameters of shapes {case.shapes} in {case.n_groups} "
-                    f"group(s), {DTYPE_NAMES[case.dtype]} on {torch_device}; constructor "
-                    f"{case.common}; group {group_index} settings "
-                    f"{case.group_hypers[group_index]}): after step {step + 1}, parameter {i} "
-                    f"differs, {describe_mismatch(a, b, index_, rtol)}."
-                    + (" Notes: " + "; ".join(events) + "." if events else "")
-                    + (first_nonfinite_hint(step + 1) if not torch.isfinite(a).all() else "")
-                    + " Run check_adamw_first_steps for a diagnosis on a small example."
+                    f"effective_steps returned {len(got)} values for {len(grads)} gradients: one "
+                    "per step"
                 )
-    end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
+            expected = torch_effective_steps(grads, lr=lr, betas=betas, eps=eps)
+            for t in range(len(grads)):
+                wrong = disagreement(got[t], expected[t].item(), rtol, 1e-12)
+                if wrong:
+                    shown = ", ".join(f"{x:g}" for x in grads[:6]) + ", ..." * (len(grads) > 6)
+                    raise GradingError(
+                        f"effective_steps([{shown}], lr={lr}, beta1={betas[0]}, beta2={betas[1]}, "
+                        f"eps={eps}): at step {t + 1} {wrong}. The effective step is "
+                        "|theta_t - theta_(t-1)| / lr, from a fresh optimizer, gradients fed in "
+                        "order."
+                    )
+        end_of(obs, name)
+
+    inputs = {"kind": "optimizer", "calls": calls}
+    run_check(
+        "effective_steps", "calls", effective_steps, inputs, judge, name=name, kind="optimizer"
+    )
 
 
-@check("adamw_state_and_closure", answer="AdamW", kind="optimizer", inputs=("device", "seed"))
-def adamw_state_and_closure(obs: Any, *, device: Any = None, seed: int = 0) -> None:
-    """``step(closure)`` returns the closure's loss; ``state`` uses torch's keys and values."""
-    name = "AdamW"
-    check_class(obs, name)
-    torch_device = torch.device(device)
-    like_device = _device_text(torch_device)
-    problem = closure_problem(seed, torch_device)
-    if "steps" not in obs:
-        _stop(obs, name)
-    recorded = _list(obs, "steps", problem.steps)
-    b = problem.start.clone().requires_grad_(True)
-    reference = torch.optim.AdamW([b], lr=problem.lr, weight_decay=0.0)
-    for t in range(problem.steps):
-        if t >= len(recorded):
-            _stop(obs, name)
-        entry = recorded[t]
-        if _int(entry, "calls") == 0:
-            raise GradingError(
-                "AdamW.step(closure) did not call the closure: call it under "
-                "torch.enable_grad() and use the gradients it computes"
-            )
-        closure_loss = _float(_field(entry, "closure_loss", (int, float)), "the closure's loss")
-        returned = entry.get("returned")
-        same = False
-        if _field(entry, "returned_tensor", bool):
-            if not isinstance(returned, dict):
-                raise malformed("the loss returned is not described")
-            if returned.get("kind") == "number":
-                same = number_from(returned, "the loss returned") == closure_loss
-        if not same:
-            raise GradingError(
-                f"AdamW.step(closure) should return the closure's loss ({closure_loss:.6g}), "
-                f"got {text(entry.get('repr'))}"
-            )
-        reference.zero_grad()
-        ((b - problem.target) ** 2).sum().backward()
-        reference.step()
-    if "state" not in obs:
-        _stop(obs, name)
-    state = _field(obs, "state", dict)
-    steps = problem.steps
-    if state.get("present") is not True:
+def _numbers(desc: Any, name: str) -> list[float]:
+    """A list (or 1-d tensor) of numbers an answer returned."""
+    if isinstance(desc, dict) and desc.get("kind") == "Tensor":
+        shape = field(desc, "shape", list)
+        return values(desc.get("data"), "the values", shape, F64).flatten().tolist()
+    if not isinstance(desc, dict) or desc.get("kind") not in ("list", "tuple"):
         raise GradingError(
-            "AdamW.state[p] is empty after steps: keep each parameter's state in self.state[p]"
+            f"{name} should return a list or 1-d tensor of numbers, got {type_name(desc)}"
         )
-    keys = _texts(_field(state, "keys", list), "keys")
-    for key in ("step", "exp_avg", "exp_avg_sq"):
-        if key not in state:
+    items = entries(desc, "items", 100)
+    if field(desc, "size", int) != len(items):
+        return [0.0] * field(desc, "size", int)  # more values than recorded: the count is wrong
+    return [number(item, f"{name}'s value {k}") for k, item in enumerate(items)]
+
+
+def constructor_cases(seed: int | None) -> list[tuple[dict[str, Any], str]]:
+    """Out-of-range hyperparameters: (kwargs, what); ``seed=None``: the first of each list."""
+    rng = random.Random(seed)
+
+    def pick(values_: list[float]) -> float:
+        return values_[0] if seed is None else rng.choice(values_)
+
+    bad = [
+        ({"lr": -pick([1e-3, 0.5, 2.0])}, "lr"),
+        ({"eps": -pick([1e-8, 1e-3])}, "eps"),
+        ({"betas": (pick([1.0, 1.5, -0.1]), 0.999)}, "betas[0]"),
+        ({"betas": (0.9, pick([1.0, 1.2, -0.5]))}, "betas[1]"),
+        ({"weight_decay": -pick([1e-2, 0.3])}, "weight_decay"),
+    ]
+    if seed is not None:
+        rng.shuffle(bad)
+    return bad
+
+
+def check_adamw_constructor(AdamW: Any, *, seed: int | None = None) -> None:
+    """Defaults like torch's (one step made with them), and ``ValueError`` for
+    hyperparameters out of range."""
+    cases = constructor_cases(seed)
+    one = {"dtype": "float32", "params": [[0.0, 0.0]]}
+    runs = [{**one, "kwargs": {}, "defaults": True, "steps": [{"grads": [[1.0, 1.0]]}]}]
+    runs += [{**one, "kwargs": kwargs, "steps": []} for kwargs, _ in cases]
+
+    def judge(obs: Any) -> None:
+        recorded = _runs(obs, "AdamW", len(runs))
+        if len(_steps(recorded, 0, 1, _stop_adamw(obs))) < 1:
+            stopped(obs, "AdamW", CALLS)
+        defaults = field(recorded[0], "defaults").get("items")
+        expected = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+        for key, value in expected.items():
+            if not isinstance(defaults, dict) or not isinstance(defaults.get(key), dict):
+                raise GradingError(
+                    f"param_groups[0] has no {key!r}: pass the hyperparameters as the defaults "
+                    "dict to torch.optim.Optimizer.__init__(params, defaults)"
+                )
+            got = defaults[key]
+            if key == "betas":
+                items = got.get("items") if got.get("kind") in ("tuple", "list") else None
+                same = isinstance(items, list) and [
+                    x.get("number") if isinstance(x, dict) else None for x in items
+                ] == list(value)
+            else:
+                same = got.get("kind") in ("int", "float") and got.get("number") == value
+            if not same:
+                raise GradingError(
+                    f"the default {key} should be {value} (as torch.optim.AdamW), got "
+                    f"{text(got.get('repr'))}"
+                )
+        for index, (kwargs, what) in enumerate(cases, start=1):
+            if index >= len(recorded):
+                stopped(obs, "AdamW", CALLS)
+            error = field({"run": recorded[index]}, "run").get("error")
+            call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            if error is None:
+                raise GradingError(
+                    f"AdamW([p], {call}) was accepted: an invalid {what} should raise ValueError, "
+                    f"as torch.optim.AdamW does (e.g. ValueError('Invalid learning rate: -0.5'))"
+                )
+            if field(error, "value_error", bool) is not True:
+                raise GradingError(
+                    f"AdamW([p], {call}) raised {text(error.get('text'))}; an invalid {what} "
+                    "should raise ValueError"
+                )
+        end_of(obs, "AdamW", CALLS)
+
+    _adamw("adamw_constructor", AdamW, "cpu", runs, judge)
+
+
+def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int = 0) -> None:
+    """``step(closure)`` returns the closure's loss; ``state`` uses torch's keys and values; a
+    parameter without a gradient gets no state."""
+    gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    target, start = randn(gen, (4,), F64), randn(gen, (4,), F64)
+    lr, steps = rng.choice([1e-2, 3e-2]), rng.randint(3, 6)
+    device = device_name(device)
+    run = {
+        "dtype": "float64", "params": [start.tolist(), [0.0, 0.0, 0.0]], "closure": target.tolist(),
+        "kwargs": {"lr": lr, "weight_decay": 0.0}, "steps": [{}] * steps, "state": True,
+    }  # fmt: skip # the fields grouped by meaning, not one a line
+
+    def judge(obs: Any) -> None:
+        recorded = _runs(obs, "AdamW", 1)
+        if len(_steps(recorded, 0, steps, _stop_adamw(obs))) < steps:
+            stopped(obs, "AdamW", CALLS)
+        recorded = recorded[0]
+        closures = entries(recorded, "closure", steps)
+        b = start.clone().requires_grad_(True)
+        reference = torch.optim.AdamW([b], lr=lr, weight_decay=0.0)
+        for t in range(steps):
+            entry = field({"c": closures[t] if t < len(closures) else None}, "c")
+            if field(entry, "calls", int) == 0:
+                raise GradingError(
+                    "AdamW.step(closure) did not call the closure: call it under "
+                    "torch.enable_grad() and use the gradients it computes"
+                )
+            loss, returned = field(entry, "loss", float), field(entry, "returned")
+            if returned.get("kind") != "Tensor" or returned.get("number") != loss:
+                raise GradingError(
+                    f"AdamW.step(closure) should return the closure's loss ({loss:.6g}), got "
+                    f"{text(returned.get('repr'))}"
+                )
+            reference.zero_grad()
+            ((b - target) ** 2).sum().backward()
+            reference.step()
+        state, frozen = (field({"s": s}, "s") for s in entries(recorded, "state", 2))
+        items = field(state, "items") if state.get("size") else {}
+        if not items:
             raise GradingError(
-                f"AdamW.state[p] has keys {sorted(keys)}; it should use torch's: 'step', 'exp_avg', 'exp_avg_sq'"
+                "AdamW.state[p] is empty after steps: keep each parameter's state in self.state[p]"
             )
-    if number_from(state["step"], "state['step']") != steps:
-        raise GradingError(
-            f"after {steps} steps state['step'] should be {steps}, got "
-            f"{text(state.get('step_repr'))}"
-        )
-    ref_state = reference.state[b]
-    for key in ("exp_avg", "exp_avg_sq"):
-        what = f"state[p][{key!r}]"
-        check_tensor_desc(state[key], tuple(b.shape), b.dtype, like_device, what)
-        value = decode_tensor(
-            _field(state[key], "data", dict), what, shape=tuple(b.shape), dtype=b.dtype
-        )
-        index_ = first_mismatch(value, ref_state[key], RTOL[torch.float64])
-        if index_ is not None:
+        if not {"step", "exp_avg", "exp_avg_sq"} <= set(items):
             raise GradingError(
-                f"after {steps} steps with a closure, state[p][{key!r}] differs from torch.optim.AdamW's: "
-                f"{describe_mismatch(value, ref_state[key], index_, RTOL[torch.float64])}"
+                f"AdamW.state[p] has keys {[k[:100] for k in sorted(items)]}; it should use "
+                "torch's: 'step', "
+                "'exp_avg', 'exp_avg_sq'"
             )
-    if _field(obs, "frozen_state", bool):
-        raise GradingError("a parameter whose .grad is None got state: skip it in step()")
-    end_of(obs, name, calls={"init": name, "step": f"{name}.step"})
+        if number(items["step"], "state['step']") != steps:
+            raise GradingError(
+                f"after {steps} steps state['step'] should be {steps}, got "
+                f"{text(items['step'].get('repr'))}"
+            )
+        for key in ("exp_avg", "exp_avg_sq"):
+            what = f"state[p][{key!r}]"
+            value = tensor(items[key], what, (4,), F64, _like_device(device))
+            ref = reference.state[b][key]
+            where = first_mismatch(value, ref, RTOL[F64])
+            if where is not None:
+                raise GradingError(
+                    f"after {steps} steps with a closure, {what} differs from torch.optim.AdamW's: "
+                    f"{describe_mismatch(value, ref, where, RTOL[F64])}"
+                )
+        if frozen.get("size"):
+            raise GradingError("a parameter whose .grad is None got state: skip it in step()")
+        end_of(obs, "AdamW", CALLS)
+
+    _adamw("adamw_state_and_closure", AdamW, device, [run], judge)
 
 
 # --------------------------------------------------------------------------------------
-# Functions of plain inputs (schedules, by-hand calculations).
+# Functions of plain inputs (schedules, by-hand calculations), observed by `calls`: the
+# judge gets each result, and the call that made it.
 # --------------------------------------------------------------------------------------
 
-Case = tuple[Sequence[Any], dict[str, Any]]
+
+def _calls(
+    check: str, function: Any, name: str, cases: Sequence[Case], kind: str, judge_one: Callable
+) -> None:
+    calls = [[list(case[0]), dict(case[1])] for case in cases]
+
+    def judge(obs: Any) -> None:
+        refuse_delegation(obs, name)
+        results = entries(obs, "results", len(cases))
+        for index, case in enumerate(cases):
+            if index >= len(results):
+                stopped(obs, name)
+            judge_one(results[index], format_call(name, case[1], case[0]), *case)
+        end_of(obs, name)
+
+    run_check(check, "calls", function, {"kind": kind, "calls": calls}, judge, name=name, kind=kind)
 
 
-def _results(obs: Any, name: str, count: int) -> list[Any]:
-    refuse_delegation(obs, name)
-    return _list(obs, "results", count)
-
-
-def _result(obs: Any, results: list[Any], index: int, name: str) -> Any:
-    if index >= len(results):
-        raise_stop(obs, name)
-    return results[index]
-
-
-@check(
-    "calls",
-    kind="argument",
-    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"])},
-)
-def values(
-    obs: Any,
+def check_values(
+    function: Any,
     name: str,
     cases: Sequence[tuple[Sequence[Any], dict[str, Any], float, str]],
     *,
@@ -611,23 +1052,20 @@ def values(
     atol: float = 0.0,
 ) -> None:
     """``cases``: (positional args, keyword args, expected value, hint when wrong); an ``int``
-    expected is compared exactly (:func:`~autograder.judge.disagreement`)."""
-    results = _results(obs, name, len(cases))
-    for index, (args, kwargs, expected, hint_) in enumerate(cases):
-        got = recorded_number(_result(obs, results, index, name), f"{name}'s result")
-        wrong = disagreement(got, expected, rtol, atol)
+    expected is compared exactly."""
+
+    def judge_one(
+        result: Any, call: str, args: Any, kwargs: Any, expected: Any, hint_: str
+    ) -> None:
+        wrong = disagreement(number(result, f"{name}'s result"), expected, rtol, atol)
         if wrong:
-            raise GradingError(f"{format_call(name, kwargs, args)}: {wrong}. {hint_}".rstrip())
-    end_of(obs, name)
+            raise GradingError(f"{call}: {wrong}. {hint_}".rstrip())
+
+    _calls("values", function, name, cases, kind, judge_one)
 
 
-@check(
-    "calls",
-    kind="argument",
-    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"])},
-)
-def against_reference(
-    obs: Any,
+def check_against_reference(
+    function: Any,
     reference: Callable,
     name: str,
     cases: Sequence[Case],
@@ -640,31 +1078,27 @@ def against_reference(
     """``function(*args, **kwargs)`` equals ``reference(...)`` on every case (exactly, where
     the reference returns an ``int``); when it does not, name the first of ``mistakes``
     (description -> function) that gives the same value."""
-    results = _results(obs, name, len(cases))
-    for index, (args, kwargs) in enumerate(cases):
-        got = recorded_number(_result(obs, results, index, name), f"{name}'s result")
+
+    def judge_one(result: Any, call: str, args: Any, kwargs: Any) -> None:
+        got = number(result, f"{name}'s result")
         wrong = disagreement(got, reference(*args, **kwargs), rtol, atol)
         if wrong is None:
-            continue
-        message = f"{format_call(name, kwargs, args)}: {wrong}."
+            return
         for description, mistake in (mistakes or {}).items():
             try:
                 if disagreement(got, mistake(*args, **kwargs), 1e-9, 1e-15) is None:
-                    message += f" Likely mistake: {description}"
-                    break
+                    raise GradingError(f"{call}: {wrong}. Likely mistake: {description}")
+            except GradingError:
+                raise
             except Exception:  # a mistake model that does not apply to these inputs
                 continue
-        raise GradingError(message)
-    end_of(obs, name)
+        raise GradingError(f"{call}: {wrong}.")
+
+    _calls("against_reference", function, name, cases, kind, judge_one)
 
 
-@check(
-    "calls",
-    kind="argument",
-    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"])},
-)
-def predicate(
-    obs: Any,
+def check_predicate(
+    function: Any,
     name: str,
     cases: Sequence[Case],
     predicate: Callable[[float], Any],
@@ -674,28 +1108,24 @@ def predicate(
 ) -> None:
     """``predicate(function(*args, **kwargs))`` holds on every case (a property, without the
     answer): when it does not, ``"name(args) = got: message"``."""
-    results = _results(obs, name, len(cases))
-    for index, (args, kwargs) in enumerate(cases):
-        got = recorded_number(_result(obs, results, index, name), f"{name}'s result")
+
+    def judge_one(result: Any, call: str, *case: Any) -> None:
+        got = number(result, f"{name}'s result")
         if not predicate(got):
-            raise GradingError(f"{format_call(name, kwargs, args)} = {got:.10g}: {message}")
-    end_of(obs, name)
+            raise GradingError(f"{call} = {got:.10g}: {message}")
+
+    _calls("predicate", function, name, cases, kind, judge_one)
 
 
 def _dict_result(
-    entry: Any, call: str, keys: Sequence[str], total: str | None, rtol: float, atol: float
-) -> dict[str, int | float]:
-    """The numbers of one dict result: exactly ``keys``, and ``total`` the sum of the rest."""
-    if not isinstance(entry, dict):
-        raise malformed("a result is not a record")
-    shown = text(entry.get("repr"))
-    if entry.get("is_dict") is not True:
+    desc: Any, call: str, keys: Sequence[str], total: str | None, rtol: float, atol: float
+) -> dict:
+    """The numbers of a dict result: exactly ``keys``, and ``total`` the sum of the rest."""
+    shown = text(field({"r": desc}, "r").get("repr"))
+    items = desc.get("items") if desc.get("kind") == "dict" else None
+    if not isinstance(items, dict) or set(items) != set(keys) or desc.get("size") != len(keys):
         raise GradingError(f"{call} should return a dict with keys {', '.join(keys)}; got {shown}")
-    got_keys = _texts(_field(entry, "keys", list), "keys")
-    if _int(entry, "other_keys") or set(got_keys) != set(keys):
-        raise GradingError(f"{call} should return a dict with keys {', '.join(keys)}; got {shown}")
-    values = _field(entry, "values", dict)
-    numbers = {k: recorded_number(_field(values, k, dict), f"{call}[{k!r}]") for k in keys}
+    numbers = {k: number(items[k], f"{call}[{k!r}]") for k in keys}
     if total is not None:
         others = [k for k in keys if k != total]
         if disagreement(numbers[total], sum(numbers[k] for k in others), rtol, atol):
@@ -703,12 +1133,8 @@ def _dict_result(
     return numbers
 
 
-@check(
-    "dict_calls", kind="argument",
-    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"]), "keys": list(a["keys"])},
-)  # fmt: skip # the arguments grouped by meaning, not one a line
-def dict_values(
-    obs: Any,
+def check_dict_values(
+    function: Any,
     name: str,
     cases: Sequence[tuple[Sequence[Any], dict[str, Any], dict[str, float], str]],
     *,
@@ -719,26 +1145,23 @@ def dict_values(
     atol: float = 0.0,
 ) -> None:
     """A function that returns a dict of numbers: exactly ``keys``, ``total`` (when given) the
-    sum of the others, and the values of each case's ``expected`` dict (which may name only
-    some keys, or none; an ``int`` is compared exactly). ``cases``: (positional args, keyword
-    args, expected, hint)."""
-    results = _results(obs, name, len(cases))
-    for index, (args, kwargs, expected, hint_) in enumerate(cases):
-        call = format_call(name, kwargs, args)
-        numbers = _dict_result(_result(obs, results, index, name), call, keys, total, rtol, atol)
+    sum of the others, and the values each case's ``expected`` dict names (an ``int``
+    compared exactly). ``cases``: (positional args, keyword args, expected, hint)."""
+
+    def judge_one(
+        result: Any, call: str, args: Any, kwargs: Any, expected: Any, hint_: str
+    ) -> None:
+        numbers = _dict_result(result, call, keys, total, rtol, atol)
         for key, want in (expected or {}).items():
             wrong = disagreement(numbers[key], want, rtol, atol)
             if wrong:
                 raise GradingError(f"{call}[{key!r}]: {wrong}. {hint_}".rstrip())
-    end_of(obs, name)
+
+    _calls("dict_values", function, name, cases, kind, judge_one)
 
 
-@check(
-    "dict_calls", kind="argument",
-    inputs=lambda a: {"name": a["name"], "kind": a["kind"], "calls": calls(a["cases"]), "keys": list(a["keys"])},
-)  # fmt: skip # the arguments grouped by meaning, not one a line
-def dict_against_reference(
-    obs: Any,
+def check_dict_against_reference(
+    function: Any,
     reference: Callable[..., dict[str, Any]],
     name: str,
     cases: Sequence[Case],
@@ -750,35 +1173,39 @@ def dict_against_reference(
     unit: str = "",
     hints: Callable[..., str] | None = None,
 ) -> None:
-    """``function(*args, **kwargs)`` has exactly ``keys`` and ``[key]`` equals
-    ``reference(...)[key]`` for every key and case (exactly, where the reference's value is
-    an ``int``: byte counts); ``hints(key, *args, **kwargs)`` says what to look at when one
-    differs."""
-    results = _results(obs, name, len(cases))
-    for index, (args, kwargs) in enumerate(cases):
-        want = reference(*args, **kwargs)
-        call = format_call(name, kwargs, args)
-        numbers = _dict_result(_result(obs, results, index, name), call, keys, None, rtol, atol)
+    """Every ``function(*args, **kwargs)[key]`` equals ``reference(...)[key]`` (exactly, where
+    the reference's value is an ``int``: byte counts); ``hints(key, *args, **kwargs)`` says
+    what to look at when one differs."""
+
+    def judge_one(result: Any, call: str, args: Any, kwargs: Any) -> None:
+        numbers, want = (
+            _dict_result(result, call, keys, None, rtol, atol),
+            reference(*args, **kwargs),
+        )
         for key in keys:
             wrong = disagreement(numbers[key], want[key], rtol, atol, unit)
             if wrong:
                 hint_ = hints(key, *args, **kwargs) if hints else ""
                 raise GradingError(f"{call}[{key!r}]: {wrong}. {hint_}".rstrip())
-    end_of(obs, name)
+
+    _calls("dict_against_reference", function, name, cases, kind, judge_one)
 
 
 # --------------------------------------------------------------------------------------
-# Plain answers: a number, a type, letters.
+# Plain answers (a number, a type, letters), observed by `value`.
 # --------------------------------------------------------------------------------------
 
 
-def _value(obs: Any) -> dict[str, Any]:
-    return _field(obs, "value", dict)
+def _value(check: str, answer: Any, name: str, judge_value: Callable[[dict, Any], None]) -> None:
+    def judge(obs: Any) -> None:
+        judge_value(field(obs, "value"), obs)
+        end_of(obs, name)
+
+    run_check(check, "value", answer, {"name": name}, judge, name=name, kind=None)
 
 
-@check("value", inputs=("name",))
-def number(
-    obs: Any,
+def check_number(
+    value: Any,
     name: str,
     expected: float,
     *,
@@ -788,112 +1215,105 @@ def number(
 ) -> None:
     """A number equal to ``expected`` (exactly, where it is an ``int``). ``message``, when
     given, is formatted with ``name``, ``got`` (the answer's repr) and ``expected``."""
-    value = _value(obs)
-    wrong = disagreement(recorded_number(_field(value, "number", dict), name), expected, rtol, atol)
-    if wrong:
-        shown = text(value.get("repr"))
-        if message:
-            raise GradingError(message.format(name=name, got=shown, expected=expected))
-        raise GradingError(f"{name} = {shown}: {wrong}")
-    end_of(obs, name)
+
+    def judge(desc: dict, obs: Any) -> None:
+        wrong = disagreement(number(desc, name), expected, rtol, atol)
+        if wrong:
+            shown = text(desc.get("repr"))
+            raise GradingError(
+                message.format(name=name, got=shown, expected=expected)
+                if message
+                else f"{name} = {shown}: {wrong}"
+            )
+
+    _value("number", value, name, judge)
 
 
-@check("value", inputs=("name",))
-def type_(
-    obs: Any,
-    name: str,
-    types: type | tuple[type, ...] = float,
-    *,
-    description: str | None = None,
+def check_type(
+    value: Any, name: str, types: type | tuple[type, ...] = float, *, description: str | None = None
 ) -> None:
     """``isinstance(value, types)``; the message says ``name should be <description>``."""
     types = types if isinstance(types, tuple) else (types,)
     description = description or "a " + " or a ".join(t.__name__ for t in types)
-    value = _value(obs)
-    mro = _texts(_field(value, "mro", list), "mro")
-    if not any(f"{t.__module__}.{t.__qualname__}" in mro for t in types):
-        raise GradingError(f"{name} should be {description}, got {text(value.get('repr'))}")
-    end_of(obs, name)
+
+    def judge(desc: dict, obs: Any) -> None:
+        mro = texts(field(obs, "mro", list))
+        if not any(f"{t.__module__}.{t.__qualname__}" in mro for t in types):
+            raise GradingError(f"{name} should be {description}, got {text(desc.get('repr'))}")
+
+    _value("type", value, name, judge)
 
 
-def _letters(value: dict[str, Any]) -> list[dict[str, Any]]:
-    items = _field(value, "items", list)
-    if len(items) > MAX_ITEMS or not all(isinstance(x, dict) for x in items):
-        raise malformed("the letters are not a short list of records")
-    return items
+def _letters(desc: dict, name: str) -> list[tuple[str | None, str]]:
+    """(letter, repr) of each item of a choice (one string, or a collection); a non-string
+    item's letter is None."""
+    if desc.get("kind") == "str":
+        items = [desc]
+    elif desc.get("kind") in ("list", "tuple", "set", "frozenset"):
+        items = entries(desc, "items", 100)
+        if field(desc, "size", int) != len(items):
+            raise GradingError(
+                f"{name} = {text(desc.get('repr'))}: far more letters than there are options"
+            )
+    else:
+        raise GradingError(
+            f"{name} should be a letter or a collection of letters, got {text(desc.get('repr'))}"
+        )
+    return [
+        (
+            text(x["str"], 200).strip().lower() if x.get("kind") == "str" else None,
+            text(x.get("repr"), 200),
+        )
+        for x in items
+    ]
 
 
-@check("value", inputs=("name",))
-def choice(
-    obs: Any,
-    name: str,
-    *,
-    options: str,
-    count: int | None = None,
-    ordered: bool = False,
+def check_choice(
+    value: Any, name: str, *, options: str, count: int | None = None, ordered: bool = False,
     nonempty: bool = False,
-) -> None:
+) -> None:  # fmt: skip # the options of the format on two lines
     """The answer's format: letters from ``options``; ``count`` of them when given, at least
     one when ``nonempty``; a list or tuple when ``ordered``."""
-    value = _value(obs)
-    shown = text(value.get("repr"))
-    container = value.get("container")
-    if container not in ("str", "list", "tuple", "set", "frozenset"):
-        raise GradingError(f"{name} should be a letter or a collection of letters, got {shown}")
-    if ordered and container not in ("list", "tuple"):
-        raise GradingError(f"{name} should be a list in order, first fix first, got {shown}")
-    items = _letters(value)
-    size = _int(value, "size")
-    bad = [
-        text(x.get("repr"), 200)
-        for x in items
-        if x.get("is_str") is not True or text(x.get("str"), 200).strip().lower() not in options
-    ]
-    if bad:
-        raise GradingError(
-            f"{name}: [{', '.join(bad)}] are not among the options {', '.join(options)}"
-        )
-    if count is not None and size != count:
-        raise GradingError(f"{name} should hold {count} letter(s), got {size}: {shown}")
-    if len({text(x.get("str"), 200).strip().lower() for x in items}) != size:
-        raise GradingError(f"{name} repeats a letter: {shown}")
-    if nonempty and size == 0:
-        raise GradingError(f"{name} is empty: choose every letter that applies")
-    end_of(obs, name)
+
+    def judge(desc: dict, obs: Any) -> None:
+        shown, letters = text(desc.get("repr")), _letters(desc, name)
+        if ordered and desc.get("kind") not in ("list", "tuple"):
+            raise GradingError(f"{name} should be a list in order, first fix first, got {shown}")
+        bad = [r for letter, r in letters if letter is None or letter not in options]
+        if bad:
+            raise GradingError(
+                f"{name}: [{', '.join(bad)}] are not among the options {', '.join(options)}"
+            )
+        if count is not None and len(letters) != count:
+            raise GradingError(f"{name} should hold {count} letter(s), got {len(letters)}: {shown}")
+        if len({letter for letter, _ in letters}) != len(letters):
+            raise GradingError(f"{name} repeats a letter: {shown}")
+        if nonempty and not letters:
+            raise GradingError(f"{name} is empty: choose every letter that applies")
+
+    _value("choice", value, name, judge)
 
 
-@check("value", inputs=("name",))
-def answer_letters(
-    obs: Any,
-    name: str,
-    expected: Sequence[str],
-    *,
-    ordered: bool,
-    explanations: dict[str, str],
+def check_answer_letters(
+    value: Any, name: str, expected: Sequence[str], *, ordered: bool, explanations: dict[str, str]
 ) -> None:
     """Compare a choice with the key; explain each wrong or missing letter."""
-    value = _value(obs)
-    shown = text(value.get("repr"))
-    if value.get("container") is None:
-        raise GradingError(f"{name} should be a letter or a collection of letters, got {shown}")
-    got = [text(x.get("str"), 200).strip().lower() for x in _letters(value)]
-    if _int(value, "size") != len(got):
-        raise GradingError(f"{name} = {shown}: far more letters than there are options")
-    want = [x.lower() for x in expected]
-    if (got == want) if ordered else (set(got) == set(want) and len(got) == len(set(got))):
-        end_of(obs, name)
-        return
-    lines = []
-    for letter in got:
-        if letter not in want:
-            lines.append(f"({letter}) is not right: {explanations.get(letter, '')}")
-    for letter in want:
-        if letter not in got:
+
+    def judge(desc: dict, obs: Any) -> None:
+        got = [r if letter is None else letter for letter, r in _letters(desc, name)]
+        want = [x.lower() for x in expected]
+        if (got == want) if ordered else (set(got) == set(want) and len(got) == len(set(got))):
+            return
+        lines = [f"({x}) is not right: {explanations.get(x, '')}" for x in got if x not in want]
+        if any(x not in got for x in want):
             lines.append(f"one right answer is missing. {explanations.get('missing', '')}")
-            break
-    if ordered and set(got) == set(want):
-        lines.append("the order is not right: do first what tells you where the NaN comes from.")
-    raise GradingError(f"{name} = {shown}: " + " ".join(lines))
+        if ordered and set(got) == set(want):
+            lines.append(
+                "the order is not right: do first what tells you where the NaN comes from."
+            )
+        raise GradingError(f"{name} = {text(desc.get('repr'))}: " + " ".join(lines))
+
+    _value("answer_letters", value, name, judge)
 
 
 # --------------------------------------------------------------------------------------
@@ -902,13 +1322,10 @@ def answer_letters(
 
 
 def schedule_cases(seed: int, *, length: bool = False, cooldown: bool = False) -> list[Case]:
-    """Calls of a schedule for a hidden test, with ``course_lib.schedules``' keywords.
-
-    Eight random schedules: ``peak_lr`` and ``num_warmup_steps >= 1``; with ``length`` also
-    ``num_training_steps`` and ``min_lr``, and with ``cooldown`` a ``cooldown_fraction`` whose
-    cooldown starts after the warmup. Each is called at its boundaries (0, the warmup's last
-    and first steps, the last two steps of the run and past its end) and at random steps.
-    """
+    """Calls of a schedule for a hidden test, with ``course_lib.schedules``' keywords: eight
+    random schedules (``peak_lr``, ``num_warmup_steps >= 1``; with ``length`` also
+    ``num_training_steps`` and ``min_lr``; with ``cooldown`` a ``cooldown_fraction`` whose
+    cooldown starts after the warmup), each called at its boundaries and at random steps."""
     rng = random.Random(seed)
     cases: list[Case] = []
     for _ in range(8):
@@ -932,8 +1349,8 @@ def schedule_cases(seed: int, *, length: bool = False, cooldown: bool = False) -
 
 
 def warmup_ahead(schedule: Callable[..., float]) -> dict[str, Callable[..., float]]:
-    """The mistake "the warmup is one step ahead" of a ``course_lib.schedules`` schedule, as
-    :func:`against_reference` takes mistakes: the rate of step ``s + 1`` during the warmup."""
+    """The mistake "the warmup is one step ahead" of a schedule, as
+    :func:`check_against_reference` takes mistakes: the rate of step ``s + 1`` in the warmup."""
     description = (
         "the warmup is one step ahead: the course's convention is lr(s) = peak_lr * s / "
         "num_warmup_steps, so lr(0) = 0 and the peak is reached at s = num_warmup_steps."
@@ -941,7 +1358,9 @@ def warmup_ahead(schedule: Callable[..., float]) -> dict[str, Callable[..., floa
     return {description: lambda s, **k: schedule(s + 1 if s < k["num_warmup_steps"] else s, **k)}
 
 
-API.update(  # the references and inputs hidden tests use
+#: What ``grading`` exposes: the checks, and the references and inputs hidden tests use.
+API: dict[str, Any] = {n: f for n, f in globals().items() if n.startswith("check_")}
+API.update(
     torch_effective_steps=torch_effective_steps,
     schedule_cases=schedule_cases,
     warmup_ahead=warmup_ahead,

@@ -1,11 +1,8 @@
 """The feedback a student gets: their cells with outputs, each test's score and message.
 
-The test cells are shown as released (no hidden test: the test code never enters the
-sandbox, and the feedback is built from ``exercises/``). Every text passes through
-:class:`Scrubber`, which replaces the instructor's paths. The page is bounded: at most
-:data:`MAX_CELLS` of the student's cells are shown (every test cell always is) and at most
-:data:`MAX_CELL_TEXT` characters of any one cell's source or output, with a note where
-something was cut; a notebook of 40,000 cells costs no more than one of 200.
+Test cells are shown as released (no hidden test); paths of the instructor's are replaced
+(:class:`Scrubber`); at most :data:`MAX_CELLS` of the student's cells and
+:data:`MAX_CELL_TEXT` characters a cell are shown, with a note where something was cut.
 """
 
 from __future__ import annotations

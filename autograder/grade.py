@@ -1,25 +1,18 @@
 """Grade every submission of an assignment: sandboxed, in parallel, crash-safe.
 
     course-grade ASSIGNMENT [--workers N] [--student ID ...] [--force]
-    make grade ASSIGNMENT=adamw [WORKERS=2]
 
-Reads ``autograder/submitted/<student>/<assignment>/``, writes nbgrader's gradebook
-(``autograder/gradebook.db``), ``autograder/grades.csv`` (``nbgrader export``'s format),
-feedback HTML per student (``autograder/feedback/<student>/<assignment>/``) and the graded
-notebook for the instructor (``autograder/autograded/<student>/<assignment>/``).
-
-One submission goes through five stages, each in its own module: **read** and **assemble**
-(:mod:`.submission`), **run** in the sandbox (:mod:`.run`, :mod:`.sandbox`, the harness
-inside), **judge** here (the test cells' own code, hidden tests included, in judge mode on
-the recorded observations: :mod:`.grading`, :mod:`.checks`), **feedback** (:mod:`.feedback`).
-Any failure in any stage is that submission's 0 with a reason naming the stage; the batch
-goes on. Only the main process writes the gradebook (:mod:`.gradebook`).
+Stages, one module each: read and assemble (:mod:`.submission`), run in the sandbox
+(:mod:`.run`), judge here (below), feedback (:mod:`.feedback`). Any failure in any stage is
+that submission's 0 with a reason naming the stage; the batch goes on. Only the main process
+writes the gradebook (:mod:`.gradebook`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import io
 import multiprocessing
 import os
@@ -36,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from autograder import grading, run, sandbox
+from autograder import gradebook, grading, run, sandbox
 from autograder.assignment import (
     Assignment,
     GradingRefused,
@@ -45,17 +38,7 @@ from autograder.assignment import (
     load_assignment,
 )
 from autograder.feedback import Scrubber, feedback_html, feedback_notebook
-from autograder.gradebook import (
-    MAX_STAMP_BYTES,
-    Outcome,
-    already_graded,
-    atomic_write,
-    ensure_in_gradebook,
-    export_csv,
-    folder_fingerprint,
-    open_gradebook,
-    record,
-)
+from autograder.gradebook import Outcome, atomic_write, open_gradebook
 from autograder.submission import Unreadable, assemble, read_submission
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +48,7 @@ STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
 # once (two courses, two test runs) must not share uids.
 UID_BASE = 61000
 LOCK_NAME = ".grade.lock"
-#: Files nbgrader's exchange puts beside a submission; copied to its feedback folder, where
-#: ``nbgrader release_feedback`` looks for them.
+# nbgrader's exchange stamps, copied to the feedback folder for `nbgrader release_feedback`.
 EXCHANGE_FILES = ("timestamp.txt", "submission_secret.txt")
 
 
@@ -75,64 +57,59 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
+def zero(assignment: Assignment, student: str, status: str, reason: str, **more: Any) -> Outcome:
+    scores = {t.grade_id: 0.0 for t in assignment.tests}
+    return Outcome(student, status, scores, {}, [], printable(reason[:2000]), **more)
+
+
 def judge_tests(
-    assignment: Assignment, items: list[dict], runs: run.Run, sources: list[str], ended: str | None
+    assignment: Assignment, items: list[dict], runs: run.Run, sources: list[str]
 ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
-    """Run the test cells' own code here in judge mode on the recorded observations:
-    (scores, messages, printed output) by test grade_id."""
+    """The test cells' own code, run here in judge mode on the recorded observations:
+    (scores, messages, printed output) by grade_id."""
     refs = {n: grading.AnswerRef(n, sources) for ns in assignment.answers.values() for n in ns}
     by_id = {c.grade_id: c for c in assignment.cells}
-    noop = SourceCell(-1, "code", None, "extra", "", "", 0.0)  # a student's extra cell
-    order = [by_id.get(item["grade_id"], noop) if item["grade_id"] else noop for item in items]
+    extra = SourceCell(-1, "code", None, "extra", "", "", 0.0)  # a student's extra cell
+    order = [by_id.get(item["grade_id"], extra) if item["grade_id"] else extra for item in items]
     scores, messages, outputs = {}, {}, {}
-    for index, cell, namespace in host_tests(
-        assignment.name, order, assignment.answers, refs.__getitem__
-    ):
-        label = f"<{assignment.name}:{cell.grade_id}>"
-        record_ = runs.records.get(index)
-        entries = record_.get("entries") if record_ and record_.get("type") == "test" else None
+    walk = host_tests(assignment.name, order, assignment.answers, refs.__getitem__)
+    for index, cell, namespace in walk:
+        code = compile(cell.source, f"<{assignment.name}:{cell.grade_id}>", "exec")
+        entries = runs.records.get(index, {}).get("entries")
         buffer = io.StringIO()
-        if not isinstance(entries, list):
-            with grading.planning(), contextlib.redirect_stdout(buffer):
-                exec(compile(cell.source, label, "exec"), namespace)  # keeps the namespace
-            scores[cell.grade_id] = 0.0
-            messages[cell.grade_id] = (
-                f"not run: your notebook did not reach this test ({ended or 'unknown'})"
-            )
-            continue
+        scores[cell.grade_id], messages[cell.grade_id] = 0.0, ""
         try:
+            if not isinstance(entries, list):
+                with grading.planning(), contextlib.redirect_stdout(buffer):
+                    exec(code, namespace)  # keeps the namespace as the notebook builds it
+                ended = runs.ended or "unknown"
+                messages[cell.grade_id] = (
+                    f"not run: your notebook did not reach this test ({ended})"
+                )
+                continue
             with grading.judging(e for e in entries if isinstance(e, dict)):
                 with contextlib.redirect_stdout(buffer):
-                    exec(compile(cell.source, label, "exec"), namespace)
-        except Exception as error:
-            scores[cell.grade_id] = 0.0
-            text = str(error) or type(error).__name__
-            if not isinstance(error, AssertionError):
-                text = f"{type(error).__name__}: {text}"
-            messages[cell.grade_id] = text
-        else:
+                    exec(code, namespace)
             scores[cell.grade_id] = cell.points
-            messages[cell.grade_id] = ""
+        except Exception as error:
+            text = str(error) or type(error).__name__
+            is_check = isinstance(error, AssertionError)
+            messages[cell.grade_id] = text if is_check else f"{type(error).__name__}: {text}"
         outputs[cell.grade_id] = buffer.getvalue()
     return scores, messages, outputs
 
 
 def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> tuple[Outcome, str]:
-    """Grade one submission: the outcome and the feedback notebook (JSON text). Raises
-    nothing: a failure in any stage is the student's 0 with the stage named."""
+    """One submission: the outcome and the feedback notebook (JSON text). Raises nothing."""
     start = time.monotonic()
-    root: Path = worker["root"]
-    folder = root / "autograder" / "submitted" / student / assignment.name
-    scrub = Scrubber(root)
-    zero = {c.grade_id: 0.0 for c in assignment.tests}
+    folder = worker["root"] / "autograder" / "submitted" / student / assignment.name
+    scrub = Scrubber(worker["root"])
     stage, fingerprint = "reading", ""
-    items: list[dict] = []
     try:
-        fingerprint = folder_fingerprint(folder, assignment)
+        fingerprint = gradebook.folder_fingerprint(folder, assignment)
         submission = read_submission(folder, assignment)
         stage = "assembling"
         items, notes = assemble(assignment, submission)
-        notes = submission.notes + notes
         stage = "running"
         cells = [
             {"kind": "test", "requests": assignment.plans[i["grade_id"]]}
@@ -141,29 +118,19 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
             for i in items
         ]
         runs = run.run_cells(
-            cells,
-            [i["label"] for i in items],
-            data=folder,
-            prepared=worker["prepared"],
-            limits=worker["limits"],
-            uid=worker["uid"],
-            allow_unsafe=worker["allow_unsafe"],
+            cells, [i["label"] for i in items], data=folder, prepared=worker["prepared"],
+            limits=worker["limits"], uid=worker["uid"], allow_unsafe=worker["allow_unsafe"],
             scrub=scrub,
-        )
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
         stage = "judging"
         sources = [i["source"] for i in items if i["origin"] == "student"]  # what ran
-        scores, messages, outputs = judge_tests(assignment, items, runs, sources, runs.ended)
+        scores, messages, outputs = judge_tests(assignment, items, runs, sources)
+        notes = [printable(scrub(n)) for n in submission.notes + notes + runs.notes]
         outcome = Outcome(
-            student,
-            "graded",
-            scores,
-            {k: scrub(v) for k, v in messages.items()},
-            [printable(scrub(n)) for n in notes + runs.notes],
-            runs.ended and printable(runs.ended),
-            time.monotonic() - start,
-            fingerprint,
+            student, "graded", scores, {k: scrub(v) for k, v in messages.items()}, notes,
+            runs.ended and printable(runs.ended), time.monotonic() - start, fingerprint,
             runs.warning,
-        )
+        )  # fmt: skip # the fields in the dataclass's order
         stage = "writing the feedback of"
         cell_outputs = {}
         for index, rec in runs.records.items():
@@ -179,22 +146,12 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
             status = "failed"
             where = "".join(traceback.format_exception_only(type(error), error)).strip()
             reason = scrub(f"the grader failed while {stage} {student}'s submission: {where}")
-        outcome = Outcome(
-            student,
-            status,
-            zero,
-            {},
-            [],
-            printable(reason[:2000]),
-            time.monotonic() - start,
-            fingerprint,
+        seconds = time.monotonic() - start
+        outcome = zero(
+            assignment, student, status, reason, seconds=seconds, fingerprint=fingerprint
         )
         return outcome, feedback_notebook(assignment, outcome, [], {}, {})
 
-
-# --------------------------------------------------------------------------------------
-# Workers: spawned processes, one sandbox uid each.
-# --------------------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
 
@@ -213,8 +170,7 @@ def _init_worker(uids: Any, settings: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     from autograder import checks  # noqa: F401 -- imported once, before the first task
 
-    # Load nbconvert's template while the main process prepares.
-    feedback_html('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    feedback_html('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')  # warm
     _WORKER.update(settings, uid=uids.get())
 
 
@@ -231,9 +187,12 @@ def _work(assignment: Assignment, student: str) -> Outcome:
     atomic_write(root / "autograder" / "autograded" / student / name / f"{name}.ipynb", notebook)
     for file in EXCHANGE_FILES:
         given = root / "autograder" / "submitted" / student / name / file
-        if given.is_file() and not given.is_symlink():
-            if given.stat().st_size <= MAX_STAMP_BYTES:
-                shutil.copyfile(given, feedback / file)
+        if (
+            given.is_file()
+            and not given.is_symlink()
+            and given.stat().st_size <= gradebook.MAX_STAMP_BYTES
+        ):
+            shutil.copyfile(given, feedback / file)
     return outcome
 
 
@@ -242,7 +201,7 @@ def _ready() -> None:
 
 
 class _Pool:
-    """Worker processes (spawned: no state copied from this process), each with its uid."""
+    """Spawned worker processes (no state copied from this one), each with its own uid."""
 
     def __init__(self, workers: int, settings: dict[str, Any]) -> None:
         self.workers, self.settings = workers, settings
@@ -254,16 +213,13 @@ class _Pool:
         for i in range(self.workers):
             uids.put(UID_BASE + 64 * (os.getpid() % 4096) + i)
         executor = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=self.context,
-            initializer=_init_worker,
-            initargs=(uids, self.settings),
+            self.workers, self.context, initializer=_init_worker, initargs=(uids, self.settings)
         )
         for _ in range(self.workers):
             executor.submit(_ready)
         return executor
 
-    def grade(self, assignment: Assignment, todo: list[str], out: Any) -> dict[str, Outcome]:
+    def grade(self, assignment: Assignment, todo: list[str]) -> dict[str, Outcome]:
         from tqdm import tqdm
 
         outcomes: dict[str, Outcome] = {}
@@ -284,80 +240,56 @@ class _Pool:
                             broken = True
                             continue
                         except Exception as error:  # a worker's own failure: this student's
-                            outcome = Outcome(
-                                student,
-                                "failed",
-                                {t.grade_id: 0.0 for t in assignment.tests},
-                                {},
-                                [],
-                                f"the grader failed on {student}'s submission: "
-                                f"{type(error).__name__}: {str(error)[:500]}",
-                                0.0,
-                                "",
-                            )
-                        try:
-                            record(self.settings["root"], assignment, outcome, gb)
-                        except Exception as error:
-                            gb.db.rollback()
-                            outcome.status = "failed"
-                            outcome.reason = (
-                                f"could not be recorded: {type(error).__name__}: {error}"
-                            )
+                            why = f"{type(error).__name__}: {str(error)[:500]}"
+                            reason = f"the grader failed on {student}'s submission: {why}"
+                            outcome = zero(assignment, student, "failed", reason)
+                        self._record(assignment, outcome, gb)
                         outcomes[student] = outcome
                         pending.remove(student)
-                        score = sum(outcome.scores.values())
-                        bar.set_postfix_str(
-                            f"{student}: {score:g}/{assignment.max_score:g}", refresh=False
-                        )
+                        score = f"{sum(outcome.scores.values()):g}/{assignment.max_score:g}"
+                        bar.set_postfix_str(f"{student}: {score}", refresh=False)
                         bar.update()
                 if broken:  # a grader process died (not a sandbox): start new ones
                     bar.write(f"a grading worker died; restarting for {len(pending)} submission(s)")
                     self.executor.shutdown(wait=True, cancel_futures=True)
                     self.executor = self._start()
                     if len(futures) == 1:  # graded alone, it killed its worker: its own zero
-                        outcomes[pending[0]] = self._killed(assignment, pending[0], gb)
-                        pending.pop(0)
+                        student = pending.pop(0)
+                        reason = (
+                            f"the grader's worker process died while grading {student}'s "
+                            "submission (out of memory?); it was not graded"
+                        )
+                        outcomes[student] = zero(assignment, student, "failed", reason)
+                        self._record(assignment, outcomes[student], gb)
                         bar.update()
                     serial = True  # from now on one at a time, so that a culprit is found
         return outcomes
 
-    def _killed(self, assignment: Assignment, student: str, gb: Any) -> Outcome:
-        outcome = Outcome(
-            student, "failed", {t.grade_id: 0.0 for t in assignment.tests}, {}, [],
-            f"the grader's worker process died while grading {student}'s submission (out of "
-            "memory?); it was not graded", 0.0, "",
-        )  # fmt: skip # the fields in the dataclass's order
-        record(self.settings["root"], assignment, outcome, gb)
-        return outcome
+    def _record(self, assignment: Assignment, outcome: Outcome, gb: Any) -> None:
+        try:
+            gradebook.record(self.settings["root"], assignment, outcome, gb)
+        except Exception as error:
+            gb.db.rollback()
+            outcome.status = "failed"
+            outcome.reason = f"could not be recorded: {type(error).__name__}: {error}"
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-# --------------------------------------------------------------------------------------
-# The batch and the command line.
-# --------------------------------------------------------------------------------------
-
-
 def discover(
     root: Path, assignment: Assignment, only: list[str] | None
 ) -> tuple[list[str], list[str]]:
+    """The students with a submission folder (valid ids), and the folders that are none."""
     base = root / "autograder" / "submitted"
-    students, rejected = [], []
-    if base.is_dir():
-        for folder in sorted(base.iterdir()):
-            if not (folder / assignment.name).is_dir():
-                continue
-            if not STUDENT_ID.match(folder.name):
-                rejected.append(folder.name)
-                continue
-            students.append(folder.name)
+    folders = [f.name for f in sorted(base.glob("*")) if (f / assignment.name).is_dir()]
+    students = [name for name in folders if STUDENT_ID.match(name)]
     if only:
         unknown = sorted(set(only) - set(students))
         if unknown:
             raise GradingRefused(f"no submission of {assignment.name} for: {', '.join(unknown)}")
         students = [s for s in students if s in only]
-    return students, rejected
+    return students, [name for name in folders if not STUDENT_ID.match(name)]
 
 
 def grade_batch(
@@ -384,52 +316,45 @@ def grade_batch(
         print(f"WARNING: grading WITHOUT a sandbox ({why}); --allow-unsafe was given", file=out)
     lock_path = root / "autograder" / LOCK_NAME
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
-    with open(lock_path, "w") as lock:
+    with open(lock_path, "w") as lock, tempfile.TemporaryDirectory(prefix="grade-lib-") as lib:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GradingRefused(f"another grading run holds {lock_path}; wait for it") from None
         os.environ["COURSE_DEVICE"] = "cpu"
-        with tempfile.TemporaryDirectory(prefix="grade-lib-") as lib_tmp:
-            Path(lib_tmp).chmod(0o755)
-            settings = {
-                "root": root,
-                "limits": limits,
-                "allow_unsafe": allow_unsafe,
-                "prepared": run.prepare(Path(lib_tmp, "lib")),
-            }
-            pool = _Pool(workers, settings)  # workers start (import torch) meanwhile
-            try:
-                assignment = load_assignment(root, assignment_name)
-                ensure_in_gradebook(root, assignment)
-                students, rejected = discover(root, assignment, only)
-                for name in rejected:
-                    print(f"skipped folder {name!r}: not a valid student id", file=out)
-                with open_gradebook(root) as gb:
-                    todo = [s for s in students if force or not _graded(root, s, assignment, gb)]
-                skipped = len(students) - len(todo)
-                print(
-                    f"{assignment.name}: {len(students)} submission(s), {len(todo)} to grade"
-                    + (f", {skipped} already graded (--force regrades them)" if skipped else "")
-                    + f", {workers} worker(s), limits: {limits.wall_seconds:g} s, "
-                    f"{limits.memory_bytes / sandbox.GiB:g} GiB, {limits.max_processes} processes",
-                    file=out,
-                    flush=True,
-                )
-                outcomes = pool.grade(assignment, todo, out) if todo else {}
-            finally:
-                pool.close()
+        Path(lib).chmod(0o755)
+        settings = {"root": root, "limits": limits, "allow_unsafe": allow_unsafe}
+        settings["prepared"] = run.prepare(Path(lib, "lib"))
+        pool = _Pool(workers, settings)  # workers start (import torch) meanwhile
+        try:
+            assignment = load_assignment(root, assignment_name)
+            gradebook.ensure_in_gradebook(root, assignment)
+            students, rejected = discover(root, assignment, only)
+            for name in rejected:
+                print(f"skipped folder {name!r}: not a valid student id", file=out)
+            with open_gradebook(root) as gb:
+                todo = [s for s in students if force or not _graded(root, s, assignment, gb)]
+            skipped = len(students) - len(todo)
+            print(
+                f"{assignment.name}: {len(students)} submission(s), {len(todo)} to grade"
+                + (f", {skipped} already graded (--force regrades them)" if skipped else "")
+                + f", {workers} worker(s), limits: {limits.wall_seconds:g} s, "
+                f"{limits.memory_bytes / sandbox.GiB:g} GiB, {limits.max_processes} processes",
+                file=out,
+                flush=True,
+            )
+            outcomes = pool.grade(assignment, todo) if todo else {}
+        finally:
+            pool.close()
     _summary(assignment, outcomes, out)
-    print(f"grades: {export_csv(root)}", file=out)
+    print(f"grades: {gradebook.export_csv(root)}", file=out)
     return outcomes
 
 
 def _graded(root: Path, student: str, assignment: Assignment, gb: Any) -> bool:
     """Whether a rerun may skip this submission; on any doubt (an unreadable folder), no."""
     try:
-        return already_graded(root, student, assignment, gb)
+        return gradebook.already_graded(root, student, assignment, gb)
     except Exception:
         return False
 
@@ -447,10 +372,8 @@ def _summary(assignment: Assignment, outcomes: dict[str, Outcome], out: Any) -> 
             why = "NOT GRADED: " + why
         elif outcome.notes and not why:
             why = outcome.notes[0]
-        print(
-            f"{student:<24} {score:>11}  {outcome.seconds:5.1f}s  {textwrap.shorten(why, 90)}",
-            file=out,
-        )
+        line = f"{student:<24} {score:>11}  {outcome.seconds:5.1f}s  {textwrap.shorten(why, 90)}"
+        print(line, file=out)
     problems = sum(1 for o in outcomes.values() if o.status != "graded" or o.reason)
     total = sum(o.seconds for o in outcomes.values())
     print(
@@ -474,13 +397,12 @@ def _positive(kind: type, name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    # nbgrader's Gradebook runs `alembic` by name: this interpreter's bin folder (.venv/bin)
-    # goes first on the PATH, so that the grader works from a plain shell.
+    # nbgrader's Gradebook runs `alembic` by name: this interpreter's bin folder goes first on
+    # the PATH, so that the grader works from a plain shell.
     bin_dir = str(Path(sys.executable).parent)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    defaults = sandbox.Limits(wall_seconds=120.0)
-    mib = sandbox.MiB
+    defaults, mib = sandbox.Limits(wall_seconds=120.0), sandbox.MiB
     parser = argparse.ArgumentParser(
         prog="course-grade",
         description="Grade every submission of ASSIGNMENT in autograder/submitted/ in a "
@@ -490,11 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     add("assignment", help="the assignment's name (a folder of solutions/)")
     add("--student", action="append", help="grade only this student (repeatable)")
     add("--force", action="store_true", help="regrade submissions already graded")
-    add(
-        "--allow-unsafe",
-        action="store_true",
-        help="grade WITHOUT a sandbox where bubblewrap cannot run (trusted code only)",
-    )
+    unsafe = "grade WITHOUT a sandbox where bubblewrap cannot run (trusted code only)"
+    add("--allow-unsafe", action="store_true", help=unsafe)
     add("--root", type=Path, default=ROOT, help="the course folder (default: this repository)")
     numbers = [  # option, type, default, help
         ("--workers", int, os.cpu_count() or 1, "submissions graded at once, one per core"),
@@ -509,23 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         add(option, type=_positive(kind, option), default=default, help=f"{text} (%(default)g)")
     args = parser.parse_args(argv)
     limits = sandbox.Limits(
-        wall_seconds=args.timeout,
-        memory_bytes=args.memory_mb * mib,
-        max_processes=args.max_processes,
-        max_output_bytes=int(args.max_output_mb * mib),
-        max_file_bytes=args.max_file_mb * mib,
-        max_disk_bytes=args.max_disk_mb * mib,
-    )
+        wall_seconds=args.timeout, memory_bytes=args.memory_mb * mib,
+        max_processes=args.max_processes, max_output_bytes=int(args.max_output_mb * mib),
+        max_file_bytes=args.max_file_mb * mib, max_disk_bytes=args.max_disk_mb * mib,
+    )  # fmt: skip # the limits in pairs, not one a line
     try:
         grade_batch(
-            args.root,
-            args.assignment,
-            workers=args.workers,
-            limits=limits,
-            allow_unsafe=args.allow_unsafe,
-            force=args.force,
-            only=args.student,
-        )
+            args.root, args.assignment, workers=args.workers, limits=limits,
+            allow_unsafe=args.allow_unsafe, force=args.force, only=args.student,
+        )  # fmt: skip # the arguments grouped by meaning, not one a line
     except GradingRefused as error:
         print(f"course-grade: {error}", file=sys.stderr)
         return 2

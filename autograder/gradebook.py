@@ -1,9 +1,6 @@
-"""What is recorded of a graded submission: nbgrader's gradebook, a marker, the CSV.
-
-Only the main process of a batch writes here, one submission at a time: its scores in one
-gradebook commit, then a marker (``.graded.json``) beside its graded notebook with the
-fingerprint of the submission and of the grader. A rerun skips a submission whose marker,
-gradebook rows and feedback match; everything else is graded again.
+"""What is recorded of a graded submission: nbgrader's gradebook, a marker, the CSV. Only
+the main process writes here: a submission's scores in one commit, then its marker
+(``.graded.json``, fingerprints of the submission and the grader), which a rerun checks.
 """
 
 from __future__ import annotations
@@ -33,8 +30,8 @@ class Outcome:
     messages: dict[str, str]  # test grade_id -> why it failed
     notes: list[str]
     reason: str | None  # why it was not graded, or how the run ended abnormally
-    seconds: float
-    fingerprint: str
+    seconds: float = 0.0
+    fingerprint: str = ""
     warning: str | None = None
 
 

@@ -1,35 +1,14 @@
 """The grader's own process in the grading sandbox (started by ``run.py``; never by hand).
 
-Two processes of the same unprivileged uid run a submission. This one, the harness H, never
-runs student code: it reads the run spec (the cells, and the test cells' requests with the
-hidden tests' inputs) from its stdin, holds the results channel (the fd named in
-``GRADER_RESULTS_FD``), copies the files handed in from ``INPUTS_DIR`` into its working
-directory, makes itself non-dumpable (no process of its uid may then open
-``/proc/<H>/fd/*`` or ``/proc/<H>/mem``, or ptrace it), and starts the kernel K
-(``kernel.py``, where the student's code runs) with ``close_fds``, an environment without
-the channel's fd number, ``/dev/null`` as stdin and two pipes of its own.
-
-H sends K one request at a time (get ready; run code cell i; observe test cell i), each with
-a fresh random nonce, and takes as the answer only a line (of at most ``MAX_ANSWER_BYTES``)
-with that nonce and that index; anything else on the pipe is dropped. H writes every record
-itself, in the format ``run.read_records`` parses, with the checks and inputs of a test from
-its own spec and the texts capped. So a record of cell i exists only once H has asked for
-cell i, which it does only after it has an answer for every cell before; the hidden tests'
-inputs reach K only when their test is reached; nothing K's process writes becomes the ready
-or done record, a record of a cell not asked for, or a second record of a cell. If K ends
-(``os._exit``, a signal, the memory limit), H exits as K did (its code, or 128 + the
-signal), which ``run.how_it_ended`` reports, and the tests after it score 0; if K hangs, the
-sandbox's wall-clock limit ends both.
-
-Residual risk: a cell's code runs in K and can rewrite K's code (the observation code
-included) and read its requests (nonces included), so an answer is the testimony of the
-student's process about the cell H asked for, and a cell may answer early in K's name and so
-reach the next request sooner. The grader recomputes every reference outside and judges
-only the recorded numbers, so reporting right numbers means computing them; but code that
-rewrites the observation can report behaviour the answer does not have (that a constructor
-raised ValueError, say), as autograder/README.md says under residual risks. K's
-process may also kill H (same uid): the run ends there, as if K had died. (What remains of
-delegation to torch's fused kernels is in ``kernel.py``.)
+The harness H never runs student code. It reads the run spec (the cells, the test cells'
+requests) from its stdin, holds the results channel (``GRADER_RESULTS_FD``), makes itself
+non-dumpable (no process of its uid may open its fds or memory, or trace it), and starts the
+kernel K (``kernel.py``, the student's process) without the channel. H asks K for one cell at
+a time with a fresh nonce, takes as the answer only a line with that nonce and index, and
+writes every record itself: a record of cell i exists only once H asked for cell i, the
+hidden tests' inputs reach K only at their test, and nothing K writes becomes another record.
+If K ends, H exits as K did (its code, or 128 + the signal). The residual risks (K reports on
+its own answer; K may kill H) are in ``autograder/README.md``.
 
 Usage (inside the sandbox): ``python -I harness.py LIB_DIR INPUTS_DIR < spec.json``.
 """
@@ -144,8 +123,8 @@ def record(index: int, cell: dict, answer: dict) -> dict:
     """The record of cell ``index`` from K's answer, with only what H knows taken from H."""
     if cell["kind"] == "code":
         stdout, stderr = _text(answer.get("stdout")) or "", _text(answer.get("stderr")) or ""
-        return {"type": "cell", "index": index, "stdout": stdout, "stderr": stderr,
-                "error": _text(answer.get("error"))}  # fmt: skip # the arguments grouped by meaning, not one a line
+        error = _text(answer.get("error"))
+        return {"type": "cell", "index": index, "stdout": stdout, "stderr": stderr, "error": error}
     got = answer.get("entries")
     got = got if isinstance(got, list) else []
     entries = []

@@ -1,28 +1,13 @@
 """The student's process in the grading sandbox (started by ``harness.py``; never by hand).
 
-It runs the cells the harness asks for in one IPython shell (so ``sys.exit()`` behaves as in
-Jupyter), and at a test cell only *observes* the answers (``autograder.observe.observe``).
-Once a cell has run, the student's code may have changed anything in this process, this
-file included: its answers are the testimony of the student's process (``harness.py`` says
-what the grader takes from them). Before any student code runs it
-- puts the grader's read-only folder first on ``sys.path`` and imports all it needs, so no
-  file in the work directory (its cwd) shadows a grader's module; the work directory is
-  then appended to ``sys.path``, so that cells can import from it as in Jupyter;
-- makes torch's fused Adam kernels raise (below), and forbids running any other program
-  (``forbid_exec``): a fresh interpreter would have the kernels back;
-- starts IPython with its history off and its folder in ``/tmp``, where the files handed in
-  (in the work directory, at most half its size) are not;
-- ignores SIGXFSZ (a file over the size limit fails that write, not the run), runs torch on
-  one thread, and caps what each cell may print (the rest is counted and dropped).
-
-**The fused kernels.** Every operator whose name contains ``fused_adam``
-(``torch._fused_adamw_``, ``torch.ops.aten._fused_adam_.default``, ...) gets raising CPU and
-CompositeExplicitAutograd kernels through a ``torch._C._dispatch_library`` object kept alive
-by one leaked reference and no Python name or container: nothing the student's code can
-reach (``gc`` included) undoes them, and they raise in every thread, profiler or not. What
-remains: code that writes this process's memory (``ctypes``, ``/proc/self/mem``) or calls
-libtorch's kernel symbols by hand through ``ctypes``; the sandbox hides the C compilers
-(``run.COMPILER_DIRS``), so such code must bring its own machine code.
+It runs the cells the harness asks for in one IPython shell, and at a test cell observes the
+answers (:func:`autograder.observe.observe`). Before any student code runs it puts the
+grader's read-only folder first on ``sys.path`` and imports all it needs (no file of the
+student's shadows the grader's), makes torch's fused Adam kernels raise in every thread
+(:func:`block_fused_adam`, through a registration no Python object reaches) and forbids
+running any other program (:func:`forbid_exec`: a fresh interpreter would have the kernels
+back). What remains is code that writes this process's memory or calls libtorch's symbols
+through ``ctypes``; the sandbox hides the C compilers.
 
 Usage (by the harness): ``python -I kernel.py LIB_DIR REQUESTS_FD ANSWERS_FD``.
 """
@@ -162,7 +147,7 @@ def observe_test(shell, observe, requests: list[dict]) -> dict:
             if name not in shell.user_ns:
                 entries.append({"failed": f"NameError: name {name!r} is not defined"})
             else:
-                obs = observe(request["observer"], shell.user_ns[name], request["inputs"])
+                obs = observe(request["protocol"], shell.user_ns[name], request["inputs"])
                 entries.append({"obs": json.loads(json.dumps(obs, allow_nan=True))})
         except BaseException as exc:
             entries.append({"failed": f"observing {name} failed: {_error_text(exc)}"})

@@ -1,15 +1,10 @@
 """Generate ``exercises/`` (nbgrader's release) from ``solutions/`` (nbgrader's source).
 
-    python autograder/make_exercises.py            # regenerate every assignment
-    python autograder/make_exercises.py adamw      # only these assignments
-    python autograder/make_exercises.py --check    # exit 1 if exercises/ is out of date
+    python autograder/make_exercises.py [ASSIGNMENT ...] [--check]
 
-It runs the real ``nbgrader generate_assignment --force`` with the course's configuration
-(``autograder/nbgrader_config.py``), but in a scratch copy of the course with a scratch
-gradebook, so it never touches the instructor's gradebook or leaves files behind, and then
-copies the release into ``exercises/``. Before generating it checks that every source
-notebook is committed without outputs or execution counts; after, that no released notebook
-contains a solution or hidden-test marker.
+The real ``nbgrader generate_assignment`` in a scratch copy of the course with a scratch
+gradebook (the instructor's is never touched); source notebooks must carry no outputs, and no
+released notebook may contain a solution or hidden-test marker.
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "autograder" / "nbgrader_config.py"
 SOURCE = "solutions"
 RELEASE = "exercises"
 FORBIDDEN_IN_RELEASE = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
@@ -57,42 +51,25 @@ def notebook_problems(path: Path) -> list[str]:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         return [f"{path}: not a readable notebook ({error})"]
-    problems = []
-    for index, cell in enumerate(nb.get("cells", [])):
-        if cell.get("cell_type") != "code":
-            continue
-        if cell.get("outputs"):
-            problems.append(f"{path}: cell {index} has outputs")
-        if cell.get("execution_count") is not None:
-            problems.append(f"{path}: cell {index} has an execution count")
-    return problems
-
-
-def nbgrader_env() -> dict[str, str]:
-    """nbgrader runs ``alembic`` and ``jupyter`` by name: put this interpreter's bin first."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
+    code = [(i, c) for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"]
+    return [f"{path}: cell {i} has outputs" for i, c in code if c.get("outputs")] + [
+        f"{path}: cell {i} has an execution count"
+        for i, c in code
+        if c.get("execution_count") is not None
+    ]
 
 
 def run_nbgrader(args: list[str], course: Path) -> subprocess.CompletedProcess:
-    """``nbgrader <args>`` from ``course/autograder`` with root and gradebook in ``course``."""
-    command = [
-        sys.executable,
-        "-m",
-        "nbgrader",
-        *args,
-        f"--CourseDirectory.root={course}",
-        f"--CourseDirectory.db_url=sqlite:///{course / 'autograder' / 'gradebook.db'}",
-    ]
+    """``nbgrader <args>`` from ``course/autograder`` with root and gradebook in ``course``;
+    this interpreter's bin first on the PATH (nbgrader runs ``alembic`` by name)."""
+    db = f"sqlite:///{course / 'autograder' / 'gradebook.db'}"
+    command = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
+    command.append(f"--CourseDirectory.db_url={db}")
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     result = subprocess.run(
-        command,
-        cwd=course / "autograder",
-        env=nbgrader_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+        command, cwd=course / "autograder", env={**os.environ, "PATH": path},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip # the arguments grouped by meaning, not one a line
     if result.returncode != 0:
         raise ExerciseError(
             f"{' '.join(command[2:4])} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"

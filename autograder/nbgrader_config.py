@@ -1,18 +1,6 @@
-"""nbgrader's configuration for this course: run every ``nbgrader`` command from ``autograder/``.
-
-nbgrader reads ``nbgrader_config.py`` from the folder it is started in, so ``cd autograder``
-first; the paths below are then right wherever the repository is checked out. nbgrader's
-folders map onto the course's:
-
-    source      -> solutions/               (instructor notebooks: solutions + hidden tests)
-    release     -> exercises/               (student notebooks, generated, committed)
-    submitted   -> autograder/submitted/    (not committed)
-    autograded  -> autograder/autograded/   (not committed)
-    feedback    -> autograder/feedback/     (not committed)
-    gradebook   -> autograder/gradebook.db  (not committed)
-
-Any option can be overridden on the command line, e.g. ``--CourseDirectory.root=/tmp/copy``
-(the tests and ``make_exercises.py`` do that to work in a scratch copy).
+"""nbgrader's configuration for this course: run every ``nbgrader`` command from ``autograder/``
+(the folder table is in ``autograder/README.md``); any option can be overridden on the
+command line, e.g. ``--CourseDirectory.root=/tmp/copy``.
 """
 
 import os

@@ -1,17 +1,9 @@
 """Run one submission's cells in the sandbox and read back what its harness recorded.
 
-The host side of the sandbox: :func:`prepare` builds, once per batch, the read-only folder of
-the grader's files that run in the sandbox (the harness, the kernel and the observation side
-of the checks) and the stub files bound over torch's Adam and AdamW; :func:`run_cells` runs
-one submission's cells there and parses the harness's records, which are untrusted.
-
-The grader's files and the student's never share a folder: the grader's are in the
-read-only folder :func:`prepare` makes, the run spec (the cells and the hidden tests' inputs)
-reaches the harness through its stdin, and the files handed in beside the notebook (at most
-``MAX_DATA_FILES``, and half the sandbox's disk) are copied into the sandbox's work directory
-only, a folder on no import path of the grader's (``harness.py`` and ``kernel.py`` say how).
-The C compilers are hidden in the sandbox (``COMPILER_DIRS``), so that an answer cannot
-build an extension that calls torch's fused Adam kernels by their C++ symbols.
+:func:`prepare` builds, once per batch, the read-only folder of the grader's sandbox-side
+files and the stubs bound over torch's Adam and AdamW; :func:`run_cells` runs one
+submission there, with the files handed in beside the notebook copied into the sandbox's
+work directory (on no import path of the grader's), and parses the untrusted records.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """A submission, read without trusting it, and what of it runs: the assembly.
 
-Reading never raises anything but :class:`Unreadable` (whose message is the reason the
-student sees): a notebook that is not UTF-8, not JSON, nested too deeply to parse, not a
-notebook, too large, or one of several gets 0 points and says why.
-
-Assembly finds the student's cells as nbgrader does: by their ``grade_id``. Locked cells
-(setup, tests) run as the instructor wrote them, whatever the student did to them; every
-other code cell of the student's runs, in the student's order, after the locked or answer
-cell it followed. A missing answer cell is not replaced by the release's empty template, so
-an answer retyped into a new cell where the old one was runs as it would in Jupyter.
-At most :data:`MAX_EXTRA_CELLS` cells of the student's own run.
+Reading raises nothing but :class:`Unreadable`, whose message is the reason the student sees.
+Assembly finds the student's cells as nbgrader does, by ``grade_id`` (see :func:`assemble`).
 """
 
 from __future__ import annotations

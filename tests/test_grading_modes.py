@@ -121,7 +121,7 @@ def observations(requests: list[dict[str, Any]], namespace: dict[str, Any]) -> l
     """What the sandbox sends back, through JSON."""
     entries = []
     for request in requests:
-        obs = observe.observe(request["observer"], namespace[request["answer"]], request["inputs"])
+        obs = observe.observe(request["protocol"], namespace[request["answer"]], request["inputs"])
         entries.append(
             json.loads(
                 json.dumps({"check": request["check"], "inputs": request["inputs"], "obs": obs})
@@ -194,8 +194,8 @@ def test_every_test_cell_plans_plain_requests(plans, assignment):
     for grade_id, requests in planned.items():
         assert requests, f"{assignment}/{grade_id} planned no observation"
         for request in requests:
-            assert set(request) == {"check", "observer", "answer", "inputs"}
-            assert request["observer"] in observe._observers()
+            assert set(request) == {"check", "protocol", "answer", "inputs"}
+            assert request["protocol"] in observe.PROTOCOLS
             assert request["answer"] in answers_
             assert json.loads(json.dumps(request["inputs"], allow_nan=False)) == request["inputs"]
 
@@ -451,16 +451,13 @@ def _first_steps_entry(solution_observations) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "mutate",
     [
-        pytest.param(lambda o: o["probes"][0].pop(), id="truncated-steps"),
-        pytest.param(lambda o: o["probes"].pop(), id="truncated-probes"),
-        pytest.param(lambda o: o["probes"][1].append(o["probes"][1][-1]), id="extra-step"),
-        pytest.param(lambda o: o["probes"][0][2].update(p="0.5"), id="string-for-tensor"),
-        pytest.param(
-            lambda o: o["probes"][0][2]["m"].update(data=o["probes"][0][2]["m"]["data"][:-4]),
-            id="truncated-bytes",
-        ),
-        pytest.param(lambda o: o["probes"][0][2]["v"].update(shape=[10**12]), id="huge-shape"),
-        pytest.param(lambda o: o["probes"][0][2]["v"].update(dtype="int64"), id="other-dtype"),
+        pytest.param(lambda o: o["runs"][0].pop(), id="truncated-steps"),
+        pytest.param(lambda o: o["runs"].pop(), id="truncated-runs"),
+        pytest.param(lambda o: o["runs"][1].append(o["runs"][1][-1]), id="extra-step"),
+        pytest.param(lambda o: o["runs"][0][2].__setitem__(0, "0.5"), id="string-for-tensor"),
+        pytest.param(lambda o: o["runs"][0][2][1].pop(), id="truncated-values"),
+        pytest.param(lambda o: o["runs"][0][2][2].__setitem__(0, [1.0] * 10**4), id="ragged"),
+        pytest.param(lambda o: o["runs"][0][2].append(o["runs"][0][2][0]), id="four-results"),
         pytest.param(lambda o: o.update(delegation="none"), id="delegation-not-a-list"),
         pytest.param(lambda o: o.update(stop={"kind": "raised", "call": 3}), id="odd-stop"),
         pytest.param(lambda o: o.clear(), id="empty"),
@@ -478,11 +475,12 @@ def test_strings_instead_of_numbers(solution_observations):
     entries = copy.deepcopy(solution_observations["checkpoints"]["test_effective_lr"])
     for entry in entries:
         for result in entry["obs"]["results"]:
-            result["value"] = str(result["value"])
+            result["number"] = str(result["number"])
     message = judge_cell("checkpoints", "test_effective_lr", entries)
     assert message is not None and "malformed" in message, message
     entries = copy.deepcopy(solution_observations["adam"]["test_effective_steps"])
-    entries[0]["obs"]["results"][0]["values"] = ["1.0", "0.9", "0.8"]
+    for item in entries[0]["obs"]["results"][0]["items"]:
+        item["number"] = str(item["number"])
     message = judge_cell("adam", "test_effective_steps", entries)
     assert message is not None and "malformed" in message, message
 
@@ -543,9 +541,9 @@ def test_modes_are_restored_and_plan_mode_needs_placeholders():
     assert requests == [
         {
             "check": "values",
-            "observer": "calls",
+            "protocol": "calls",
             "answer": "f",
-            "inputs": {"name": "f", "kind": "course_lib", "calls": [[[1], {"betas": [0.9, 0.99]}]]},
+            "inputs": {"kind": "course_lib", "calls": [[[1], {"betas": [0.9, 0.99]}]]},
         }
     ]
 
@@ -588,6 +586,8 @@ def test_observe_runs_without_the_judge_and_without_torchs_adam(tmp_path):
     requests = plan("adamw")
     lib = tmp_path / "lib"
     run.prepare(lib)
+    adam = plan("adam")["test_adam_update_first_steps"]
+    (tmp_path / "requests.json").write_text(json.dumps([sum(requests.values(), []), adam]))
     script = textwrap.dedent(
         f"""
         import json, sys
@@ -617,10 +617,11 @@ def test_observe_runs_without_the_judge_and_without_torchs_adam(tmp_path):
         exec({solution!r}, namespace)
         exec({update!r}, namespace)
         out = []
-        for request in json.loads({json.dumps([r for rs in requests.values() for r in rs])!r}):
-            out.append(observe.observe(request["observer"], namespace["AdamW"], request["inputs"]))
-        inputs = {{"device": "cpu", "seed": None}}
-        out.append(observe.observe("adam_first_steps", namespace["adam_update"], inputs))
+        adamw, adam = json.load(open("requests.json"))
+        for request in adamw:
+            out.append(observe.observe(request["protocol"], namespace["AdamW"], request["inputs"]))
+        for request in adam:
+            out.append(observe.observe("update", namespace["adam_update"], request["inputs"]))
         print(json.dumps([o.get("stop") for o in out]))
         """
     )
@@ -644,11 +645,11 @@ def test_observe_records_the_answers_exception_and_stops():
         v = beta2 * v + (1 - beta2) * grad**2
         return param - lr * (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps), m, v
 
-    obs = common.round_trip(
-        observe.observe("adam_first_steps", update, {"device": "cpu", "seed": None})
-    )
+    with grading.planning() as requests:
+        grading.check_adam_first_steps(grading.AnswerRef("adam_update"), device="cpu")
+    obs = common.round_trip(observe.observe("update", update, requests[0]["inputs"]))
     assert obs["stop"] == {"kind": "raised", "call": "call", "error": "ValueError: no third step"}
-    assert calls == [1, 2, 3] and [len(steps) for steps in obs["probes"]] == [2]
+    assert calls == [1, 2, 3] and [len(steps) for steps in obs["runs"]] == [2]
     # Steps 1 and 2 are right, so the judge reports the exception of step 3.
     with pytest.raises(grading.GradingError, match=r"^adam_update raised ValueError: no third"):
         grading.check_adam_first_steps(update, device="cpu")
@@ -727,9 +728,9 @@ def test_integers_are_compared_exactly():
     """Byte counts, block counts and step numbers: an 8-byte error on 4e10 bytes is well
     inside a relative 1e-9, and still wrong. An integral float equal to the integer passes."""
     raises, GradingError = pytest.raises, grading.GradingError
-    assert common.round_trip(common.describe_number(40_000_000_008))["value"] == 40_000_000_008
-    assert type(common.round_trip(common.describe_number(torch.tensor(7)))["value"]) is int
-    assert type(common.round_trip(common.describe_number(7.0))["value"]) is float
+    assert common.round_trip(observe.describe(40_000_000_008))["number"] == 40_000_000_008
+    assert type(common.round_trip(observe.describe(torch.tensor(7)))["number"]) is int
+    assert type(common.round_trip(observe.describe(7.0))["number"]) is float
 
     def blocks(n, block_size, rounding=math.ceil):
         return {
@@ -796,11 +797,15 @@ def test_a_mistake_is_named_only_where_the_probe_tells_it_apart():
 
 
 def test_inputs_are_deterministic_and_the_device_can_be_forced(monkeypatch):
-    assert observe.constructor_cases(None) == observe.constructor_cases(None)
-    assert observe.constructor_cases(7) == observe.constructor_cases(7)
-    assert observe.adamw_probes(3) == observe.adamw_probes(3)
-    first = next(observe.adamw_torch_cases(5, 1, 10, ["float32"], grading.default_device()))
-    again = next(observe.adamw_torch_cases(5, 1, 10, ["float32"], grading.default_device()))
-    assert all(a.equal(b) for a, b in zip(first.starts, again.starts, strict=True))
+    def planned() -> list[dict[str, Any]]:
+        ref = grading.AnswerRef("AdamW")
+        with grading.planning() as requests:
+            for seed in (None, 7):
+                grading.check_adamw_constructor(ref, seed=seed)
+            grading.check_adamw_first_steps(ref, device="cpu", seed=3)
+            grading.check_adamw_against_torch(ref, device="cpu", seed=5, cases=1, steps=10)
+        return requests
+
+    assert planned() == planned()
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     assert grading.default_device().type == "cpu"

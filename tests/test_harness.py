@@ -172,7 +172,8 @@ def test_no_record_can_be_forged(prepared, tmp_path, uid):
     assert "ptrace -1" in out and "pidfd_getfd -1" in out
     assert result.records[2]["stdout"] == "after\n"
     [entry] = result.records[3]["entries"]
-    assert entry == {"check": "adamw_constructor", "inputs": {"seed": 1},
+    inputs = checked(1)["requests"][0]["inputs"]  # the plan's, not the forged record's
+    assert entry == {"check": "adamw_constructor", "inputs": inputs,
                      "failed": "NameError: name 'AdamW' is not defined"}  # fmt: skip
     assert "exited with code 3" in result.ended and "while running cell 4" in result.ended
 
