@@ -5,14 +5,23 @@ linear and convolutional layers, whose scale the next layer can absorb, but not 
 
 - **biases**, which shift activations and have no scale to regularise;
 - **normalisation gains and shifts** (LayerNorm, BatchNorm, GroupNorm, RMSNorm): decaying a
-  gain towards 0 fights the normalisation itself;
-- **embeddings**, whose rows are updated only when their token occurs: decoupled decay
-  shrinks every row at every step, so rare tokens' rows decay towards 0 between updates.
+  gain towards 0 fights the normalisation itself.
 
-The usual rule (GPT-2/nanoGPT, Hugging Face's Trainer) is close to "decay tensors with two
-or more dimensions, except embeddings; never decay 1-d tensors". :func:`split_decay`
-applies it by module type *and* dimension, and :func:`param_groups` turns the split into
-the two groups a ``torch.optim`` optimizer takes.
+**Embeddings** are where codebases differ. minGPT (``karpathy/minGPT``, ``mingpt/model.py``,
+``configure_optimizers``) decays only ``nn.Linear`` weights, with ``nn.LayerNorm`` and
+``nn.Embedding`` weights on a blacklist. nanoGPT (``karpathy/nanoGPT``, ``model.py``,
+``configure_optimizers``) decays every tensor with two or more dimensions, embeddings
+included. Hugging Face's ``Trainer`` (``get_decay_parameter_names``) leaves out only
+``nn.LayerNorm`` parameters and names that contain "bias" (and, in recent versions, norm
+layers matched by name), so it decays embeddings too. The argument for leaving them out:
+a row gets a gradient only when its token occurs, but decoupled decay shrinks every row at
+every step.
+
+:func:`split_decay` decays tensors with two or more dimensions outside normalisation layers
+and, by default, leaves embeddings out, as minGPT does; ``decay_embeddings=True`` decays
+them, which is nanoGPT's rule (``p.dim() >= 2``) on models whose normalisation layers hold
+only 1-d tensors. :func:`param_groups` turns the split into the two groups a
+``torch.optim`` optimizer takes.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
-#: Module types whose weights are embeddings, decayed only with ``decay_embeddings=True``.
+#: Module types whose weights are embeddings: not decayed by default (minGPT's rule), decayed
+#: with ``decay_embeddings=True`` (nanoGPT's and the Hugging Face Trainer's).
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 
@@ -43,10 +53,11 @@ def split_decay(model: nn.Module, *, decay_embeddings: bool = False) -> tuple[li
 
     A parameter is **not** decayed if it has fewer than 2 dimensions (biases, gains, scalars),
     belongs to a normalisation layer (:data:`NORM_TYPES`), or is an embedding's weight
-    (:data:`EMBEDDING_TYPES`) and ``decay_embeddings`` is False. A parameter shared by
-    several modules (tied input and output embeddings) is listed once, under its first name,
-    and is not decayed if any module that holds it says so. Parameters with
-    ``requires_grad=False`` are left out.
+    (:data:`EMBEDDING_TYPES`) and ``decay_embeddings`` is False (the default, minGPT's
+    choice; ``True`` decays embeddings, as nanoGPT and the Hugging Face Trainer do). A
+    parameter shared by several modules (tied input and output embeddings) is listed once,
+    under its first name, and is not decayed if any module that holds it says so.
+    Parameters with ``requires_grad=False`` are left out.
     """
     _check_model(model)
     if not isinstance(decay_embeddings, bool):
@@ -75,9 +86,9 @@ def param_groups(
     """Two parameter groups for a ``torch.optim`` optimizer: decayed, then not decayed.
 
     ``AdamW(param_groups(model, 0.1), lr=3e-4)`` decays the matrices by 0.1 and leaves
-    biases, norms and embeddings alone. ``group_options`` (``lr=...``, for instance) go into
-    both groups. Each group also records ``"param_names"`` for inspection. A group with no
-    parameters is left out.
+    biases, norms and (unless ``decay_embeddings=True``) embeddings alone.
+    ``group_options`` (``lr=...``, for instance) go into both groups. Each group also records
+    ``"param_names"`` for inspection. A group with no parameters is left out.
     """
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
         raise TypeError(f"weight_decay must be a real number, got {type(weight_decay).__name__}")

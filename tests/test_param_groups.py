@@ -115,3 +115,53 @@ def test_bad_arguments(kwargs, error, match):
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match="model"):
         split_decay([torch.zeros(2, 2)])
+
+
+class GPTLike(nn.Module):
+    """Token and position embeddings, a pre-norm block and an untied head, as in minGPT."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(vocab, dim)
+        self.pos_emb = nn.Embedding(16, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+
+def test_decay_embeddings_true_is_nanogpts_rule():
+    """nanoGPT's configure_optimizers: decay exactly the tensors with p.dim() >= 2."""
+    model = GPTLike()
+    decay, no_decay = split_decay(model, decay_embeddings=True)
+    named = dict(model.named_parameters())
+    assert decay == [n for n, p in named.items() if p.dim() >= 2]
+    assert no_decay == [n for n, p in named.items() if p.dim() < 2]
+
+
+def test_default_is_mingpts_rule():
+    """minGPT's configure_optimizers: decay nn.Linear weights; LayerNorm and Embedding
+    weights and every bias are not decayed."""
+    model = GPTLike()
+    decay, no_decay = split_decay(model)
+    linear_weights = [
+        f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)
+    ]
+    assert decay == linear_weights
+    assert {"tok_emb.weight", "pos_emb.weight"} <= set(no_decay)
+
+
+def test_hf_trainer_rule_is_decay_embeddings_on_a_gpt_like_model():
+    """The Hugging Face Trainer decays every non-bias, non-LayerNorm parameter, embeddings
+    included: on a model without bare 1-d parameters that is decay_embeddings=True."""
+    model = GPTLike()
+    hf_decay = [
+        f"{mn}.{pn}" if mn else pn
+        for mn, m in model.named_modules()
+        if not isinstance(m, nn.LayerNorm)
+        for pn, _ in m.named_parameters(recurse=False)
+        if "bias" not in pn
+    ]
+    decay, _ = split_decay(model, decay_embeddings=True)
+    assert sorted(decay) == sorted(hf_decay)
