@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 from autograder import make_exercises  # noqa: E402
 
-ASSIGNMENTS = ["adam", "adamw", "schedules", "checkpoints"]
+ASSIGNMENTS = ["adam", "adamw", "schedules", "checkpoints", "warmup", "batch_scaling"]
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
 HIDDEN_MARKERS = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
 
@@ -300,9 +300,9 @@ def _checkpoints_recipes() -> dict[str, Recipe]:
     return {
         "solution": ("solution", full),
         "untouched": ("release", dict.fromkeys(full, 0)),
-        # The numbers of the question typed in, and mixed precision without master weights.
         # The question's numbers typed in, mixed precision without master weights, and
-        # wrong choices for the warmup and the order of the fixes.
+        # wrong choices for the warmup (2000 steps kept although beta2 became 0.992) and the
+        # order of the fixes.
         "hard_coded": (
             lambda c: {
                 "effective_lr": edited(
@@ -310,7 +310,7 @@ def _checkpoints_recipes() -> dict[str, Recipe]:
                     ("return lr * (1 - beta1) / (1 + beta1)", "return 5.2631578947368424e-05"),
                 ),
                 "batch_scaling": edited(
-                    c["batch_scaling"].source, ('warmup_choice = "a"', 'warmup_choice = "b"')
+                    c["batch_scaling"].source, ('warmup_choice = "b"', 'warmup_choice = "a"')
                 ),
                 "memory": edited(c["memory"].source, ("4 * n + 8 * n", "8 * n")),
                 "nan_diagnosis": edited(c["nan_diagnosis"].source, ('["r", "s"]', '["s", "r"]')),
@@ -365,11 +365,165 @@ def _checkpoints_recipes() -> dict[str, Recipe]:
     }
 
 
+def _warmup_recipes() -> dict[str, Recipe]:
+    full = {
+        "test_rho": 2,
+        "test_rectification": 2,
+        "test_first_adaptive_step": 1,
+        "test_untuned_warmup_steps": 1,
+        "test_exponential_warmup": 1,
+        "test_gi_adam_first_update": 2,
+        "test_diagnosis": 1,
+    }
+    return {
+        "solution": ("solution", full),
+        "untouched": ("release", dict.fromkeys(full, 0)),
+        # r_t without its square root: the ratio of the variances itself.
+        "rectification_without_sqrt": (
+            lambda c: {
+                "rectification": edited(
+                    c["rectification"].source,
+                    (
+                        "return math.sqrt((r - 4) * (r - 2) * inf / ((inf - 4) * (inf - 2) * r))",
+                        "return (r - 4) * (r - 2) * inf / ((inf - 4) * (inf - 2) * r)",
+                    ),
+                )
+            },
+            {**full, "test_rectification": 0},
+        ),
+        # The paper's threshold whatever `threshold` says: PyTorch's > 5 comes out as > 4.
+        "threshold_ignored": (
+            lambda c: {
+                "rectification": edited(
+                    c["rectification"].source,
+                    ("while not rho(t, beta2) > threshold:", "while not rho(t, beta2) > 4:"),
+                )
+            },
+            {**full, "test_first_adaptive_step": 0},
+        ),
+        # 2 / (1 - beta2) truncated: 1999.9999999999982 becomes 1999.
+        "untuned_truncated": (
+            lambda c: {
+                "untuned_warmup": edited(
+                    c["untuned_warmup"].source,
+                    ("return round(2 / (1 - beta2))", "return int(2 / (1 - beta2))"),
+                )
+            },
+            {**full, "test_untuned_warmup_steps": 0},
+        ),
+        # The exponential warmup at t = s, so lr(0) = 0.
+        "exponential_one_behind": (
+            lambda c: {
+                "untuned_warmup": edited(c["untuned_warmup"].source, ("(step + 1)", "step"))
+            },
+            {**full, "test_exponential_warmup": 0},
+        ),
+        # v started at zero: plain Adam's first step, lr * sign(g).
+        "gi_adam_is_plain_adam": (
+            lambda c: {
+                "gi_adam": edited(
+                    c["gi_adam"].source,
+                    (
+                        "v = beta2 * grad**2 + (1 - beta2) * grad**2  # v_0 = grad**2",
+                        "v = (1 - beta2) * grad**2  # v_0 = 0",
+                    ),
+                )
+            },
+            {**full, "test_gi_adam_first_update": 0},
+        ),
+        # A catapult read as a divergence.
+        "catapult_read_as_divergence": (
+            lambda c: {
+                "loss_curve": edited(c["loss_curve"].source, ('diagnosis = "b"', 'diagnosis = "a"'))
+            },
+            {**full, "test_diagnosis": 0},
+        ),
+    }
+
+
+def _batch_scaling_recipes() -> dict[str, Recipe]:
+    full = {
+        "test_linear_rule": 1,
+        "test_sqrt_rule": 2,
+        "test_beta_half_life_examples": 1,
+        "test_beta2_for_batch": 1,
+        "test_accumulated_gradient": 3,
+        "test_two_batch_noise_scale": 2,
+    }
+    return {
+        "solution": ("solution", full),
+        "untouched": ("release", dict.fromkeys(full, 0)),
+        # The square-root rule with eps left alone.
+        "sqrt_rule_keeps_eps": (
+            lambda c: {
+                "rules": edited(
+                    c["rules"].source, ('"eps": eps / math.sqrt(kappa),', '"eps": eps,')
+                )
+            },
+            {**full, "test_sqrt_rule": 0},
+        ),
+        # The warmup kept in steps under both rules: question 1, both of its tests.
+        "warmup_kept_in_steps": (
+            lambda c: {
+                "rules": edited(
+                    c["rules"].source,
+                    (
+                        "steps = max(1, round(samples / batch_size)) if samples else 0",
+                        "steps = warmup_steps",
+                    ),
+                )
+            },
+            {**full, "test_linear_rule": 0, "test_sqrt_rule": 0},
+        ),
+        # The square-root rule's first-order form where the half-life rule was asked.
+        "beta2_first_order": (
+            lambda c: {
+                "half_life": edited(
+                    c["half_life"].source,
+                    (
+                        "return beta2 ** (new_batch_size / batch_size)",
+                        "return 1 - new_batch_size / batch_size * (1 - beta2)",
+                    ),
+                )
+            },
+            {**full, "test_beta2_for_batch": 0},
+        ),
+        # The classic: micro-batch means averaged with equal weights.
+        "equal_micro_batch_weights": (
+            lambda c: {
+                "accumulation": edited(
+                    c["accumulation"].source,
+                    (
+                        "grad += micro_mean * len(mx) / total",
+                        "grad += micro_mean / math.ceil(total / micro_batch_size)",
+                    ),
+                )
+            },
+            {**full, "test_accumulated_gradient": 0},
+        ),
+        # B_simple upside down: signal over noise.
+        "noise_scale_upside_down": (
+            lambda c: {
+                "noise_scale": edited(
+                    c["noise_scale"].source,
+                    (
+                        '"b_simple": trace_cov / grad_sq_norm',
+                        '"b_simple": grad_sq_norm / trace_cov',
+                    ),
+                )
+            },
+            {**full, "test_two_batch_noise_scale": 0},
+        ),
+    }
+
+
 RECIPES: dict[str, dict[str, Recipe]] = {
     "adam": _adam_recipes(),
     "adamw": _adamw_recipes(),
     "schedules": _schedules_recipes(),
     "checkpoints": _checkpoints_recipes(),
+    "warmup": _warmup_recipes(),
+    "batch_scaling": _batch_scaling_recipes(),
 }
 
 
@@ -451,7 +605,7 @@ def grade_batch(root: Path, assignments: list[str]) -> None:
     make_exercises.run_nbgrader(["generate_feedback", "*", "--force"], root)
 
 
-BATCHES = [["adamw", "schedules"], ["adam", "checkpoints"]]
+BATCHES = [["adamw", "schedules", "warmup"], ["adam", "checkpoints", "batch_scaling"]]
 
 
 @pytest.fixture(scope="session")
@@ -627,6 +781,21 @@ def test_messages_name_the_mistake(course):
     assert "runs over s = num_warmup_steps .. num_training_steps - 1" in message, message
     message = error_text(course, "checkpoints", "floor_blocks", "test_training_memory")
     assert "compared exactly" in message and "ceil(n_params / block_size)" in message, message
+    message = error_text(course, "checkpoints", "hard_coded", "test_warmup_choice")
+    assert "(a) is not right" in message and "2/(1-0.992) = 250 steps" in message, message
+    message = error_text(course, "warmup", "gi_adam_is_plain_adam", "test_gi_adam_first_update")
+    assert "expected -3.162277658e-05, got -0.00099999998" in message, message
+    assert "not -lr * sign(g)" in message, message
+    message = error_text(course, "warmup", "threshold_ignored", "test_first_adaptive_step")
+    assert "first_adaptive_step(0.999, threshold=5.0): expected 6, got 5" in message, message
+    message = error_text(course, "warmup", "catapult_read_as_divergence", "test_diagnosis")
+    assert "(a) is not right: a divergence does not come back" in message, message
+    message = error_text(
+        course, "batch_scaling", "equal_micro_batch_weights", "test_accumulated_gradient"
+    )
+    assert "expected -7.4, got -10.33333333" in message and "len(micro) / 5" in message, message
+    message = error_text(course, "batch_scaling", "sqrt_rule_keeps_eps", "test_sqrt_rule")
+    assert "['eps']: expected 3.535533906e-09, got 1e-08" in message, message
 
 
 @pytest.mark.slow  # runs the nbgrader pipeline (the module's `course` fixture)

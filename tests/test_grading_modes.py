@@ -33,7 +33,7 @@ from autograder.assignment import host_tests, load_assignment
 from autograder.delegation import static_reasons_from_sources
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSIGNMENTS = ["adam", "adamw", "schedules", "checkpoints"]
+ASSIGNMENTS = ["adam", "adamw", "schedules", "checkpoints", "warmup", "batch_scaling"]
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
 GRADER = ROOT / "autograder"
 
@@ -317,9 +317,9 @@ WRONG = [
     ),
     pytest.param(
         "checkpoints",
-        edited("checkpoints", "batch_scaling", ('warmup_choice = "a"', 'warmup_choice = "b"')),
+        edited("checkpoints", "batch_scaling", ('warmup_choice = "b"', 'warmup_choice = "a"')),
         "test_warmup_choice",
-        "(b) is not right",
+        "(a) is not right",
         id="checkpoints-wrong-letter",
     ),
     pytest.param(
@@ -587,7 +587,9 @@ def test_observe_runs_without_the_judge_and_without_torchs_adam(tmp_path):
     lib = tmp_path / "lib"
     run.prepare(lib)
     adam = plan("adam")["test_adam_update_first_steps"]
-    (tmp_path / "requests.json").write_text(json.dumps([sum(requests.values(), []), adam]))
+    (tmp_path / "requests.json").write_text(
+        json.dumps([[r for rs in requests.values() for r in rs], adam])
+    )
     script = textwrap.dedent(
         f"""
         import json, sys
