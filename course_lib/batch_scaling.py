@@ -38,6 +38,18 @@ once each rule is applied in full:
 :class:`ScaledHyperparameters` reports the warmup in examples, the step count for those who
 keep steps, and Ma & Yarats' untuned count for the new ``beta2``.
 
+**The half-life rule for beta2** (Marek et al. 2025): a moving average with coefficient
+``beta`` weighs the gradient of ``k`` steps ago by ``beta**k``, so its weight halves after
+``ln 2 / -ln(beta)`` steps, ``batch_size`` times as many examples
+(:func:`beta_half_life_examples`). Keeping that half-life fixed in examples when the batch
+changes from ``B`` to ``B'`` gives ``beta2' = beta2 ** (B' / B)`` (:func:`beta2_for_batch`).
+With ``kappa = B' / B`` and ``1 - beta2 = d``, ``beta2**kappa = 1 - kappa d +
+kappa (kappa - 1) d**2 / 2 + ...``: to first order in ``d`` it is the square-root rule's
+``1 - kappa d`` (:func:`sqrt_rule_beta`), and the two part where ``kappa d`` is no longer
+small. For ``kappa >= 1`` the difference lies between 0 and ``(kappa d)**2 / 2``; the linear
+form reaches 0 at ``kappa d = 1`` and is refused beyond, while the power form stays in
+``(0, 1)`` for every ``kappa``.
+
 **LARS** (You et al. 2017) gives each layer the local rate ``eta * |w| / (|grad L| + beta |w|)``
 with a trust coefficient ``eta`` and the weight decay ``beta`` (:func:`lars_local_lr`).
 
@@ -65,6 +77,8 @@ __all__ = [
     "ScaledHyperparameters",
     "batch_ratio",
     "best_lr",
+    "beta2_for_batch",
+    "beta_half_life_examples",
     "compare_with_rules",
     "fit_lr_exponent",
     "fit_power_law",
@@ -213,6 +227,45 @@ def warmup_steps_for_samples(num_samples: int, batch_size: int) -> int:
     if num_samples == 0:
         return 0
     return max(1, round(num_samples / batch_size))
+
+
+def beta_half_life_examples(beta: float, batch_size: int) -> float:
+    """The half-life of a moving average with coefficient ``beta``, counted in examples.
+
+    Adam's average ``v_t = beta v_{t-1} + (1 - beta) g_t**2`` weighs the gradient of ``k``
+    steps ago by ``(1 - beta) beta**k``: the weight halves every ``ln 2 / -ln(beta)`` steps,
+    each of ``batch_size`` examples. ``beta = 0`` (no averaging) has half-life 0. Marek et al.
+    (2025) count the same half-life in tokens (examples times sequence length).
+    """
+    beta = _check_beta("beta", beta)
+    batch_size = _check_batch_size("batch_size", batch_size)
+    if beta == 0.0:
+        return 0.0
+    return batch_size * math.log(2.0) / -math.log(beta)
+
+
+def beta2_for_batch(beta2: float, batch_size: int, new_batch_size: int) -> float:
+    """``beta2 ** (new_batch_size / batch_size)``: the same half-life in examples at the new batch.
+
+    Marek et al.'s (2025) rule for Adam's second moment: a batch ``kappa`` times larger takes
+    ``kappa`` times fewer steps over the same examples, so each step must forget as much as
+    ``kappa`` old steps did. To first order in ``1 - beta2`` this is the square-root rule's
+    ``1 - kappa (1 - beta2)`` (:func:`sqrt_rule_beta`); unlike it, it stays in ``[0, 1)`` at
+    any ``kappa``. Raises ``ValueError`` when the result rounds to 1 in floating point (a
+    half-life too long for a float64 ``beta2``).
+    """
+    beta2 = _check_beta("beta2", beta2)
+    kappa = _check_batch_size("new_batch_size", new_batch_size) / _check_batch_size(
+        "batch_size", batch_size
+    )
+    scaled = beta2**kappa
+    if scaled >= 1.0:
+        raise ValueError(
+            f"Invalid beta2/batch sizes: beta2={beta2!r} ** ({new_batch_size} / {batch_size}) "
+            "rounds to 1 in float64; Adam needs beta2 < 1 (use a smaller beta2 or a smaller "
+            "change of batch size)"
+        )
+    return scaled
 
 
 # --- the rules ------------------------------------------------------------------------------

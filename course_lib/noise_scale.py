@@ -30,13 +30,16 @@ Two ways to measure ``B_simple``:
   all-reduced one (``b_big``).
 
 Both quantities are invariant to multiplying the loss by a constant; ``B_simple`` changes
-along training (it usually grows as the loss falls).
+along training (McCandlish et al. saw it grow as the loss falls).
+:func:`noise_scale_along_training` trains a model and measures ``B_simple`` from per-example
+gradients on fixed probe examples at chosen steps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,17 +47,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
 
 from course_lib.seeds import bootstrap_interval
+from course_lib.train import progress_enabled
 
 __all__ = [
     "CriticalBatchFit",
     "CriticalBatchInterval",
     "NoiseScale",
+    "NoiseScaleTrace",
     "critical_batch_steps",
     "fit_critical_batch",
     "fit_critical_batch_over_seeds",
     "gradient_sq_norm",
+    "noise_scale_along_training",
     "per_example_gradients",
     "simple_noise_scale",
     "two_batch_noise_scale",
@@ -176,6 +183,82 @@ def gradient_sq_norm(
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss_fn(model(x), y), params)
     return sum(g.double().square().sum().item() for g in grads)
+
+
+@dataclass(frozen=True)
+class NoiseScaleTrace:
+    """``B_simple`` measured at several steps of one run, on the same probe examples.
+
+    ``noise[i]`` is the estimate after ``steps[i]`` optimizer steps (step 0: the initial
+    weights), ``losses[i]`` the mean loss on the probe examples there, and ``evaluations[i]``
+    whatever ``evaluate`` returned (empty without it).
+    """
+
+    steps: tuple[int, ...]
+    losses: tuple[float, ...]
+    noise: tuple[NoiseScale, ...]
+    evaluations: tuple[float, ...] = ()
+
+    @property
+    def b_simple(self) -> np.ndarray:
+        return np.array([n.b_simple for n in self.noise])
+
+    def growth(self) -> float:
+        """``B_simple`` at the last measurement over ``B_simple`` at the first."""
+        return float(self.b_simple[-1] / self.b_simple[0])
+
+
+def noise_scale_along_training(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    checkpoints: Sequence[int],
+    x_probe: Tensor,
+    y_probe: Tensor,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.mse_loss,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    chunk_size: int | None = None,
+    desc: str | None = None,
+) -> NoiseScaleTrace:
+    """Train on ``batches`` and measure ``B_simple`` after each number of steps in ``checkpoints``.
+
+    At each checkpoint the per-example gradients of ``loss_fn`` on ``(x_probe, y_probe)`` give
+    ``|G|^2`` and ``tr(Sigma)`` (:func:`simple_noise_scale`); the probe is the same at every
+    checkpoint, so the estimates differ only because the weights moved. Takes exactly
+    ``checkpoints[-1]`` optimizer steps. Raises ``ValueError`` for checkpoints that are not
+    increasing integers >= 0, and ``RuntimeError`` if the training loss stops being finite.
+    """
+    steps = list(checkpoints)
+    integers = all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in steps)
+    if not steps or not integers or steps[0] < 0 or np.any(np.diff(steps) <= 0):
+        raise ValueError(
+            f"Invalid checkpoints: {steps!r} (expected strictly increasing integers >= 0)"
+        )
+    steps = [int(s) for s in steps]
+    losses, noise, evaluations = [], [], []
+    step = 0
+    with tqdm(total=steps[-1], desc=desc, disable=not progress_enabled(), leave=False) as bar:
+        for checkpoint in steps:
+            while step < checkpoint:
+                x, y = next(batches)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"the training loss is {loss.item()} at step {step + 1}")
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update()
+            with torch.no_grad():
+                losses.append(loss_fn(model(x_probe), y_probe).item())
+            per_example = per_example_gradients(
+                model, loss_fn, x_probe, y_probe, chunk_size=chunk_size
+            )
+            noise.append(simple_noise_scale(per_example))
+            if evaluate is not None:
+                evaluations.append(float(evaluate(model)))
+    return NoiseScaleTrace(tuple(steps), tuple(losses), tuple(noise), tuple(evaluations))
 
 
 def critical_batch_steps(batch_size: float | Tensor, *, s_min: float, b_crit: float):

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from course_lib.batch_scaling import (
     batch_ratio,
     best_lr,
+    beta2_for_batch,
+    beta_half_life_examples,
     compare_with_rules,
     fit_lr_exponent,
     fit_power_law,
@@ -349,3 +351,103 @@ def test_fit_power_law_rejects_bad_input():
         fit_power_law([4, 4, 4], [1, 2, 3])
     with pytest.raises(ValueError, match="Invalid x/y"):
         fit_power_law([1], [1])
+
+
+# --- the half-life rule for beta2 (Marek et al. 2025) ----------------------------------------
+
+
+def test_beta2_for_batch_exact_values():
+    assert beta2_for_batch(0.81, 256, 128) == pytest.approx(0.9, abs=1e-15), "0.81 ** (1/2)"
+    assert beta2_for_batch(0.5, 1, 3) == pytest.approx(0.125, abs=1e-15), "0.5 ** 3"
+    assert beta2_for_batch(0.95, 128, 8) == pytest.approx(0.9967993022898, abs=1e-12)
+    assert beta2_for_batch(0.999, 128, 128) == 0.999, "the same batch keeps beta2"
+    assert beta2_for_batch(0.0, 4, 2) == 0.0, "no memory stays no memory"
+    # not the square-root rule's linear form: 1 - 64 * 0.05 = -2.2, while 0.95 ** 64 = 0.0375
+    assert beta2_for_batch(0.95, 1, 64) == pytest.approx(0.0375241392, rel=1e-8)
+
+
+def test_beta_half_life_examples_exact_values():
+    assert beta_half_life_examples(0.5, 7) == pytest.approx(7.0, rel=1e-15), "halves every step"
+    assert beta_half_life_examples(0.25, 1) == pytest.approx(0.5, rel=1e-15)
+    assert beta_half_life_examples(0.999, 128) == pytest.approx(88678.47029, rel=1e-9)
+    assert beta_half_life_examples(0.95, 128) == pytest.approx(128 * 13.5134, rel=1e-5)
+    assert beta_half_life_examples(0.0, 16) == 0.0
+
+
+@given(beta=st.floats(1e-3, 0.9999), old=st.integers(1, 4096), new=st.integers(1, 4096))
+@settings(max_examples=200, deadline=None)
+def test_beta2_for_batch_keeps_the_half_life_in_examples(beta, old, new):
+    scaled = beta2_for_batch(beta, old, new)
+    assert 0.0 < scaled < 1.0
+    assert beta_half_life_examples(scaled, new) == pytest.approx(
+        beta_half_life_examples(beta, old), rel=1e-6
+    )
+    # and it composes: old -> new -> old gives back beta
+    assert beta2_for_batch(scaled, new, old) == pytest.approx(beta, rel=1e-9)
+
+
+@given(d=st.floats(1e-4, 0.5), old=st.integers(1, 256), new=st.integers(1, 256))
+@settings(max_examples=300, deadline=None)
+def test_power_and_linear_forms_agree_to_first_order(d, old, new):
+    """beta**kappa - (1 - kappa d) lies in [0, (kappa d)**2 / 2] for kappa >= 1, and in
+    [-kappa d**2 / (2 (1 - d)), 0] for kappa <= 1: the two differ at second order in d."""
+    kappa = new / old
+    assume(kappa * d < 1)
+    power = beta2_for_batch(1 - d, old, new)
+    linear = sqrt_rule_beta(1 - d, kappa)
+    difference = power - linear
+    slack = 1e-14
+    if kappa >= 1:
+        assert -slack <= difference <= (kappa * d) ** 2 / 2 + slack
+    else:
+        assert -kappa * d**2 / (2 * (1 - d)) - slack <= difference <= slack
+
+
+@pytest.mark.parametrize("kappa", [1 / 16, 1 / 4, 4, 16])
+def test_the_second_order_term_is_kappa_times_kappa_minus_one_over_two(kappa):
+    old, new = (16, int(16 * kappa)) if kappa >= 1 else (int(1 / kappa), 1)
+    for d in (1e-3, 1e-4):
+        difference = beta2_for_batch(1 - d, old, new) - sqrt_rule_beta(1 - d, kappa)
+        assert difference / d**2 == pytest.approx(kappa * (kappa - 1) / 2, rel=0.02)
+
+
+def test_where_the_linear_form_fails_the_power_form_stays_in_the_unit_interval():
+    # kappa (1 - beta2) = 1 exactly: the linear form gives 0, a memory of one step...
+    assert sqrt_rule_beta(0.95, 20.0) == 0.0
+    # ...and beyond it is refused, naming the limit, while the power form is still in (0, 1)
+    for kappa in (21, 64, 1000):
+        with pytest.raises(ValueError, match=r"kappa <= 1 / \(1 - beta\) = 20"):
+            sqrt_rule_beta(0.95, float(kappa))
+        assert 0.0 < beta2_for_batch(0.95, 1, kappa) < 1.0
+    assert beta2_for_batch(0.95, 1, 1000) == pytest.approx(0.95**1000, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "name"),
+    [
+        ((1.0, 8, 16), ValueError, "beta2"),
+        ((-0.1, 8, 16), ValueError, "beta2"),
+        ((math.nan, 8, 16), ValueError, "beta2"),
+        ((0.9, 0, 16), ValueError, "batch_size"),
+        ((0.9, 8, 0), ValueError, "new_batch_size"),
+        ((0.9, 8.0, 16), TypeError, "batch_size"),
+        ((0.9, 8, True), TypeError, "new_batch_size"),
+        ((1 - 1e-15, 4096, 1), ValueError, "rounds to 1"),
+    ],
+)
+def test_beta2_for_batch_rejects_bad_input(args, error, name):
+    with pytest.raises(error, match=name):
+        beta2_for_batch(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "name"),
+    [
+        ((1.0, 8), ValueError, "beta"),
+        ((0.9, 0), ValueError, "batch_size"),
+        (("0.9", 8), TypeError, "beta"),
+    ],
+)
+def test_beta_half_life_examples_rejects_bad_input(args, error, name):
+    with pytest.raises(error, match=name):
+        beta_half_life_examples(*args)

@@ -24,6 +24,7 @@ from course_lib.noise_scale import (
     fit_critical_batch,
     fit_critical_batch_over_seeds,
     gradient_sq_norm,
+    noise_scale_along_training,
     per_example_gradients,
     simple_noise_scale,
     two_batch_noise_scale,
@@ -213,3 +214,84 @@ def test_fit_critical_batch_rejects_bad_input():
         per_example_gradients(
             nn.Linear(2, 1), nn.functional.mse_loss, torch.ones(3, 2), torch.ones(2, 1)
         )
+
+
+# --- the noise scale along training --------------------------------------------------------
+
+
+def counted_batches(x, y, batch_size, seed, taken):
+    """Endless minibatches of (x, y) in a fixed random order; appends to ``taken`` per batch."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        index = torch.randint(len(x), (batch_size,), generator=gen)
+        taken.append(index)
+        yield x[index], y[index]
+
+
+def test_noise_scale_along_training_measures_the_weights_it_reached():
+    model, x, y, _ = regression_problem(2000, seed=3)
+    replay = nn.Linear(D, 1, bias=False).double()
+    replay.load_state_dict(model.state_dict())
+    taken = []
+    trace = noise_scale_along_training(
+        model, torch.optim.SGD(model.parameters(), lr=0.05),
+        counted_batches(x, y, 16, 0, taken), [0, 1, 5, 20], x[:500], y[:500],
+        evaluate=lambda m: float(m.weight.detach().norm()),
+    )  # fmt: skip
+    assert len(taken) == 20, "exactly checkpoints[-1] optimizer steps"
+    assert trace.steps == (0, 1, 5, 20)
+    # replay the same batches by hand, and measure at the same steps
+    optimizer = torch.optim.SGD(replay.parameters(), lr=0.05)
+    for i, index in enumerate([None, *taken]):
+        if index is not None:
+            optimizer.zero_grad()
+            nn.functional.mse_loss(replay(x[index]), y[index]).backward()
+            optimizer.step()
+        if i in trace.steps:
+            k = trace.steps.index(i)
+            want = simple_noise_scale(
+                per_example_gradients(replay, nn.functional.mse_loss, x[:500], y[:500])
+            )
+            assert trace.noise[k].trace_cov == pytest.approx(want.trace_cov, rel=1e-10)
+            assert trace.noise[k].grad_sq_norm == pytest.approx(want.grad_sq_norm, rel=1e-10)
+            loss = nn.functional.mse_loss(replay(x[:500]), y[:500]).item()
+            assert trace.losses[k] == pytest.approx(loss, rel=1e-12)
+            assert trace.evaluations[k] == pytest.approx(
+                float(replay.weight.detach().norm()), rel=1e-12
+            )
+    assert trace.b_simple.shape == (4,)
+    assert trace.growth() == pytest.approx(trace.b_simple[-1] / trace.b_simple[0])
+
+
+def test_the_noise_scale_grows_as_sgd_approaches_the_minimum():
+    """In the closed form, B_simple = ((d + 1)|delta|^2 + d sigma^2) / |delta|^2 grows as
+    training shrinks delta = w - w*: the measured trace must show it."""
+    model, x, y, _ = regression_problem(20_000, seed=4)
+    taken = []
+    trace = noise_scale_along_training(
+        model, torch.optim.SGD(model.parameters(), lr=0.02),
+        counted_batches(x, y, 32, 1, taken), [0, 10, 40, 200], x, y,
+    )  # fmt: skip
+    assert np.all(np.diff(trace.b_simple) > 0), f"B_simple along training: {trace.b_simple}"
+    assert np.all(np.diff(trace.losses) < 0)
+    assert trace.growth() > 3
+    assert trace.evaluations == ()
+
+
+@pytest.mark.parametrize("checkpoints", [[], [3, 2], [-1, 2], [0, 1.5], [0, 2, 2], [True]])
+def test_noise_scale_along_training_rejects_bad_checkpoints(checkpoints):
+    model, x, y, _ = regression_problem(100)
+    with pytest.raises(ValueError, match="checkpoints"):
+        noise_scale_along_training(
+            model, torch.optim.SGD(model.parameters(), lr=0.01),
+            counted_batches(x, y, 8, 0, []), checkpoints, x, y,
+        )  # fmt: skip
+
+
+def test_noise_scale_along_training_stops_on_a_diverged_run():
+    model, x, y, _ = regression_problem(100)
+    with pytest.raises(RuntimeError, match="training loss"):
+        noise_scale_along_training(
+            model, torch.optim.SGD(model.parameters(), lr=1e6),
+            counted_batches(x, y, 8, 0, []), [0, 500], x, y,
+        )  # fmt: skip
