@@ -768,18 +768,11 @@ def check_adam_against_torch(
     """Random shapes and hyperparameters, ``steps`` updates each, against ``torch.optim.Adam``."""
     made, device = _torch_cases(seed, cases, steps, dtypes, adamw=False), device_name(device)
     runs = []
-    for case in made:
-        hyper = {k: v for k, v in case.groups[0].items() if k != "betas"}
-        hyper.update(beta1=case.groups[0]["betas"][0], beta2=case.groups[0]["betas"][1])
-        grads = [row[0].tolist() for row in case.grads]
-        runs.append(
-            {
-                "dtype": DTYPE_NAMES[case.dtype],
-                "start": case.starts[0].tolist(),
-                "grads": grads,
-                "hyper": hyper,
-            }
-        )
+    for case in made:  # one parameter in one group: its options as adam_update's keywords
+        hyper = dict(case.groups[0])
+        hyper["beta1"], hyper["beta2"] = hyper.pop("betas")
+        run = {"dtype": DTYPE_NAMES[case.dtype], "start": case.starts[0].tolist()}
+        runs.append({**run, "grads": [row[0].tolist() for row in case.grads], "hyper": hyper})
 
     def judge(obs: Any) -> None:
         recorded = _runs(obs, "adam_update", cases)
@@ -825,41 +818,29 @@ def check_effective_steps(
     rtol: float = 1e-6,
 ) -> None:
     """``effective_steps(grads, lr=, beta1=, beta2=, eps=)``: |update| / lr of torch's Adam."""
-    sequences = [[float(g) for g in grads] for grads in sequences]
     settings = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
-    calls = [[[grads], settings] for grads in sequences]
+    cases = [(([float(g) for g in grads],), settings) for grads in sequences]
 
-    name = "effective_steps"
-
-    def judge(obs: Any) -> None:
-        refuse_delegation(obs, name)
-        results = entries(obs, "results", len(sequences))
-        for index, grads in enumerate(sequences):
-            if index >= len(results):
-                stopped(obs, name)
-            got = _numbers(results[index], name)
-            if len(got) != len(grads):
+    def judge_one(result: Any, call: str, args: Any, kwargs: Any) -> None:
+        grads, got = args[0], _numbers(result, "effective_steps")
+        if len(got) != len(grads):
+            raise GradingError(
+                f"effective_steps returned {len(got)} values for {len(grads)} gradients: one "
+                "per step"
+            )
+        expected = torch_effective_steps(grads, lr=lr, betas=betas, eps=eps)
+        for t in range(len(grads)):
+            wrong = disagreement(got[t], expected[t].item(), rtol, 1e-12)
+            if wrong:
+                shown = ", ".join(f"{x:g}" for x in grads[:6]) + ", ..." * (len(grads) > 6)
                 raise GradingError(
-                    f"effective_steps returned {len(got)} values for {len(grads)} gradients: one "
-                    "per step"
+                    f"effective_steps([{shown}], lr={lr}, beta1={betas[0]}, beta2={betas[1]}, "
+                    f"eps={eps}): at step {t + 1} {wrong}. The effective step is "
+                    "|theta_t - theta_(t-1)| / lr, from a fresh optimizer, gradients fed in "
+                    "order."
                 )
-            expected = torch_effective_steps(grads, lr=lr, betas=betas, eps=eps)
-            for t in range(len(grads)):
-                wrong = disagreement(got[t], expected[t].item(), rtol, 1e-12)
-                if wrong:
-                    shown = ", ".join(f"{x:g}" for x in grads[:6]) + ", ..." * (len(grads) > 6)
-                    raise GradingError(
-                        f"effective_steps([{shown}], lr={lr}, beta1={betas[0]}, beta2={betas[1]}, "
-                        f"eps={eps}): at step {t + 1} {wrong}. The effective step is "
-                        "|theta_t - theta_(t-1)| / lr, from a fresh optimizer, gradients fed in "
-                        "order."
-                    )
-        end_of(obs, name)
 
-    inputs = {"kind": "optimizer", "calls": calls}
-    run_check(
-        "effective_steps", "calls", effective_steps, inputs, judge, name=name, kind="optimizer"
-    )
+    _calls("effective_steps", effective_steps, "effective_steps", cases, "optimizer", judge_one)
 
 
 def _numbers(desc: Any, name: str) -> list[float]:

@@ -20,6 +20,7 @@ command runs with the limits only, and the result carries a warning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -244,24 +246,11 @@ def run_sandboxed(
     is in ``GRADER_RESULTS_FD``; what it writes there is ``result.results``. ``stdin`` is
     written to the command's standard input (else ``/dev/null``), then closed.
     """
-    if isinstance(argv, (str, bytes)) or not argv:
-        raise ValueError("argv must be a non-empty sequence of strings")
-    if not isinstance(limits, Limits):
-        raise TypeError("limits must be a Limits")
     scratch = Path(scratch).resolve()
-    if not scratch.is_dir() or scratch == Path("/"):
+    if not scratch.is_dir() or scratch == Path("/"):  # as root, it is chowned to the uid
         raise ValueError(f"scratch directory {scratch} must be an existing folder other than /")
     ro = [str(Path(p).resolve()) for p in readonly]
-    for p in ro:
-        if not os.path.exists(p):
-            raise ValueError(f"read-only path {p} does not exist")
-    if workdir is not None and (not workdir.startswith("/") or workdir == "/"):
-        raise ValueError(f"workdir must be an absolute path other than /, got {workdir!r}")
-    bind_map = {}
-    for dest, source in (binds or {}).items():
-        if not str(dest).startswith("/") or not os.path.exists(source):
-            raise ValueError(f"bind {source} -> {dest}: needs an existing source, absolute dest")
-        bind_map[str(dest)] = str(Path(source).resolve())
+    bind_map = {str(dest): str(Path(source).resolve()) for dest, source in (binds or {}).items()}
     as_root = os.geteuid() == 0
     uid = DEFAULT_UID if uid is None else int(uid)
     if as_root and not 0 < uid < 2**32 - 1:
@@ -323,11 +312,10 @@ def _run(
     info_fd: int | None,
     stdin: bytes | None,
 ) -> SandboxResult:
-    """Run ``cmd`` in its own process group, drain its output within the limits, kill it all
-    at the deadline. ``pipes``: (read, write) pairs; the child gets the write ends, closed
-    here (-1) once it has them."""
+    """Run ``cmd`` in its own process group, its pipes drained by threads within the limits,
+    and kill it all at the deadline. ``pipes``: (read, write) pairs; the child gets the write
+    ends, closed here (-1) once it has them."""
     start = time.monotonic()
-    deadline = start + limits.wall_seconds
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
@@ -339,81 +327,69 @@ def _run(
         pipes[i] = -1
     init = _SandboxInit(info_fd) if info_fd is not None else None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: [], res_fd: []}
-    kept = {out_fd: 0, res_fd: 0}  # stdout and stderr share one budget
-    caps = {out_fd: limits.max_output_bytes, res_fd: limits.max_results_bytes}
-    cut = {out_fd: False, res_fd: False}
-    timed_out, killed_reason, drain_until = False, None, None
-    to_write = memoryview(stdin or b"")
-    in_fd = proc.stdin.fileno() if proc.stdin is not None else None
-    sel = selectors.DefaultSelector()
+    chunks: dict[int | None, list[bytes]] = {out_fd: [], err_fd: [], res_fd: []}
+    room = {out_fd: limits.max_output_bytes, res_fd: limits.max_results_bytes}
+    cut = {out_fd: False, res_fd: False}  # stdout and stderr share one budget
+    lock = threading.Lock()
+
+    def drain(fd: int, budget: int | None) -> None:
+        while data := _read(fd):
+            with lock:
+                cut[budget] |= len(data) > room[budget]
+                chunks[fd].append(data[: room[budget]])
+                room[budget] -= len(chunks[fd][-1])
+
+    def feed() -> None:
+        with contextlib.suppress(OSError):  # the command closed its stdin or is gone
+            proc.stdin.write(stdin)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    threads = [
+        threading.Thread(target=drain, args=(fd, res_fd if fd == res_fd else out_fd))
+        for fd in (out_fd, err_fd, res_fd)
+        if fd is not None
+    ]
+    threads += [threading.Thread(target=feed)] if stdin is not None else []
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    timed_out, killed_reason = False, None
     try:
-        for fd in (out_fd, err_fd, res_fd):
-            if fd is not None:
-                os.set_blocking(fd, False)
-                sel.register(fd, selectors.EVENT_READ)
-        if in_fd is not None:
-            os.set_blocking(in_fd, False)
-            sel.register(in_fd, selectors.EVENT_WRITE)
-        while sel.get_map():
-            now = time.monotonic()
-            if drain_until is None and now >= deadline:
-                timed_out = True
-                killed_reason = f"wall-clock limit of {limits.wall_seconds:g} s exceeded"
-                _kill_group(proc.pid)
-                drain_until = now + KILL_GRACE_SECONDS
-            if drain_until is not None and now >= drain_until:
-                break  # something outside the group still holds the pipes; give up on them
-            limit = drain_until if drain_until is not None else deadline
-            for key, _ in sel.select(timeout=max(0.0, min(limit - now, 0.5))):
-                fd = key.fd
-                if fd == in_fd:
-                    try:
-                        to_write = to_write[os.write(fd, to_write[:65536]) :]
-                    except BlockingIOError:
-                        continue
-                    except OSError:  # the command closed its stdin or is gone
-                        to_write = to_write[:0]
-                    if not to_write:
-                        sel.unregister(fd)
-                        proc.stdin.close()
-                    continue
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    sel.unregister(fd)
-                    continue
-                budget = res_fd if fd == res_fd else out_fd
-                room = caps[budget] - kept[budget]
-                if len(data) > room:
-                    cut[budget] = True
-                    data = data[: max(room, 0)]
-                chunks[fd].append(data)
-                kept[budget] += len(data)
-        if drain_until is None:  # the pipes are closed; the process may still be running
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                killed_reason = f"wall-clock limit of {limits.wall_seconds:g} s exceeded"
+        proc.wait(timeout=limits.wall_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        killed_reason = f"wall-clock limit of {limits.wall_seconds:g} s exceeded"
     finally:
-        sel.close()
         _kill_group(proc.pid)  # nothing of the command outlives the call
         proc.wait()
         if init is not None:
             init.kill_and_wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f is not None:
-                f.close()
+    # Drain what is left, within a grace time: something outside the group (without bwrap)
+    # may still hold the pipes, and is given up on.
+    until = time.monotonic() + KILL_GRACE_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, until - time.monotonic()))
+    with lock:  # a thread still reading adds nothing more, and its pipe stays open
+        out = b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), b"".join(chunks[res_fd])
+        room.update({out_fd: 0, res_fd: 0})
+    for thread, file in zip(threads, (proc.stdout, proc.stderr), strict=False):
+        if not thread.is_alive():
+            file.close()
     rc = proc.returncode
     if killed_reason is None and rc < 0:
         killed_reason = f"killed by signal {signal.Signals(-rc).name}"
     return SandboxResult(
-        rc, b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, cut[out_fd],
-        killed_reason, time.monotonic() - start, warning, b"".join(chunks[res_fd]), cut[res_fd],
+        rc, out[0], out[1], timed_out, cut[out_fd], killed_reason, time.monotonic() - start,
+        warning, out[2], cut[res_fd],
     )  # fmt: skip # the fields in the dataclass's order
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
 
 
 def _kill_group(pgid: int) -> None:
