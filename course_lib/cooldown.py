@@ -23,6 +23,12 @@ deterministic kernels the branch *is* that run, to the last bit (the tests check
 One detail matters when a checkpoint continues under another schedule: the optimizer's
 state dict holds each parameter group's current rate, the stable schedule's. The branch sets
 it from its own schedule at the checkpoint's step before its first update.
+
+The stable run can also keep exponential moving averages of its weights
+(:class:`course_lib.averaging.WeightEMA`), ``averages={"EMA": decay}``, evaluated at every
+checkpoint next to the run itself: weight averaging instead of a cooldown, from the same run
+(Hägele et al. compare the two). The averages never touch the run: a branch is the same with
+or without them.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from course_lib.averaging import WeightEMA
 from course_lib.schedules import as_lambda_lr
 from course_lib.train import progress_enabled, train
 
@@ -93,6 +100,8 @@ class CooldownRuns:
     stable_lrs: list[float]
     checkpoints: dict[int, float]  # step -> evaluate(model) of the stable run at that step
     cooldowns: dict[str, Cooldown]
+    # name -> {step -> evaluate(model holding that EMA of the stable run's weights)}
+    averaged: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def losses(self, name: str) -> list[float]:
         """The whole training-loss curve of cooldown ``name``: the stable prefix, then its own."""
@@ -122,6 +131,7 @@ def cooldown_runs(
     cooldowns: Mapping[str, tuple[Schedule, int]],
     *,
     evaluate: Callable[[nn.Module], float],
+    averages: Mapping[str, float] | None = None,
     device: torch.device | str | None = None,
     progress: bool | None = None,
 ) -> CooldownRuns:
@@ -133,6 +143,8 @@ def cooldown_runs(
     to ``(schedule, num_steps)``: a run of ``num_steps`` updates whose rates equal
     ``stable``'s up to its :func:`branch_point`, where it continues from the stable run's
     checkpoint. The stable run is trained up to the last branch point and evaluated at each.
+    ``averages`` maps a name to the decay of an EMA of the stable run's weights (bias
+    corrected, updated after every step); each is evaluated at every checkpoint as well.
     """
     if not callable(build):
         raise TypeError(f"build must be a callable returning (model, optimizer), got {build!r}")
@@ -154,6 +166,10 @@ def cooldown_runs(
                 f"Invalid cooldown {name!r}: {num_steps} steps but only {len(batches)} batches"
             )
         starts[name] = branch_point(spec[0], stable, num_steps)
+    if averages is None:
+        averages = {}
+    if not isinstance(averages, Mapping):
+        raise TypeError(f"averages must be a dict of name -> decay, got {averages!r}")
     if progress is None:
         progress = progress_enabled()
 
@@ -161,6 +177,11 @@ def cooldown_runs(
     model, optimizer = build()
     scheduler = as_lambda_lr(optimizer, stable)
     saved, checkpoints, stable_losses, stable_lrs, done, diverged = {}, {}, [], [], 0, False
+    emas = {name: WeightEMA(model, decay) for name, decay in averages.items()}
+    averaged: dict[str, dict[int, float]] = {name: {} for name in emas}
+    hook = optimizer.register_step_post_hook(
+        lambda *_: [ema.update(model) for ema in emas.values()]
+    )
     for start in sorted(set(starts.values())):
         if not diverged:
             history = train(
@@ -179,9 +200,15 @@ def cooldown_runs(
             done = start
         if diverged:
             checkpoints[start] = math.inf
+            for values in averaged.values():
+                values[start] = math.inf
             continue
         checkpoints[start] = float(evaluate(model))
+        for name, ema in emas.items():
+            with ema.applied(model):  # puts the run's own weights back afterwards
+                averaged[name][start] = float(evaluate(model))
         saved[start] = _state(model, optimizer, scheduler)
+    hook.remove()
     del model, optimizer, scheduler
 
     # 2) each cooldown, from its checkpoint, in fresh objects
@@ -217,4 +244,4 @@ def cooldown_runs(
         )
         run.losses, run.lrs, run.diverged = history.losses, history.lrs, history.diverged
         run.evaluation = math.inf if history.diverged else float(evaluate(model))
-    return CooldownRuns(stable_losses, stable_lrs, checkpoints, runs)
+    return CooldownRuns(stable_losses, stable_lrs, checkpoints, runs, averaged)

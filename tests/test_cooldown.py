@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from course_lib import schedules
+from course_lib.averaging import WeightEMA
 from course_lib.cooldown import branch_point, cooldown_runs
 from course_lib.train import train
 
@@ -163,6 +164,8 @@ def test_a_diverging_stable_run_marks_later_cooldowns_diverged():
         ({"stable": 0.01}, TypeError, "stable must be a schedule"),
         ({"evaluate": None}, TypeError, "evaluate must be a callable"),
         ({"build": None}, TypeError, "build must be a callable"),
+        ({"averages": [0.9]}, TypeError, "averages must be a dict"),
+        ({"averages": {"ema": 1.0}}, ValueError, "Invalid decay: 1.0"),
     ],
 )
 def test_bad_input_is_a_clear_error(kwargs, error, match):
@@ -189,3 +192,55 @@ def test_branch_point_rejects_bad_input():
         branch_point(0.1, STABLE, T)
     with pytest.raises(ValueError, match="num_steps"):
         branch_point(STABLE, STABLE, 0)
+
+
+def test_averages_are_the_ema_of_the_constant_run_at_each_checkpoint():
+    """The EMA kept along the stable run, evaluated at a checkpoint, is the EMA of the
+    constant-rate run trained from scratch to that step; and keeping it changes no branch."""
+    batches = make_batches(T)
+    plan = {"1-sqrt 20%": (wsd(T, 0.2), T), "to the end": (STABLE, T), "early": (STABLE, 25)}
+    decays = {"fast": 0.8, "slow": 0.97}
+    torch.manual_seed(0)
+    runs = cooldown_runs(
+        build, batches, STABLE, plan, evaluate=evaluate, averages=decays, progress=False
+    )
+    torch.manual_seed(0)
+    plain = cooldown_runs(build, batches, STABLE, plan, evaluate=evaluate, progress=False)
+    assert plain.averaged == {}
+    assert runs.stable_losses == plain.stable_losses and runs.checkpoints == plain.checkpoints
+    for name in plan:
+        assert runs.losses(name) == plain.losses(name), name
+        assert runs.cooldowns[name].evaluation == plain.cooldowns[name].evaluation, name
+
+    assert set(runs.averaged) == set(decays)
+    for name, decay in decays.items():
+        assert sorted(runs.averaged[name]) == sorted(runs.checkpoints) == [25, 48, T]
+        for step, value in runs.averaged[name].items():
+            torch.manual_seed(0)
+            model, optimizer = build()
+            ema = WeightEMA(model, decay)
+            scheduler = schedules.as_lambda_lr(optimizer, STABLE)
+            for x, y in batches[:step]:
+                optimizer.zero_grad()
+                nn.functional.mse_loss(model(x), y).backward()
+                optimizer.step()
+                scheduler.step()
+                ema.update(model)
+            ema.copy_to(model)
+            assert value == pytest.approx(evaluate(model), rel=1e-12), (name, step)
+            assert value != runs.checkpoints[step]  # the average is not the run itself
+
+
+def test_averages_of_a_diverged_stable_run_are_inf():
+    batches = [(x, y * 1e200) for x, y in make_batches(T)]
+    torch.manual_seed(0)
+    runs = cooldown_runs(
+        build,
+        batches,
+        STABLE,
+        {"late": (wsd(T, 0.2), T)},
+        evaluate=evaluate,
+        averages={"ema": 0.9},
+        progress=False,
+    )
+    assert runs.averaged["ema"] == {runs.cooldowns["late"].start: math.inf}
