@@ -401,3 +401,18 @@ def test_build_prints_each_chapters_execution_time(built_book):
     assert set(executed) <= set(rows), f"chapters missing from the table:\n{result.stdout}"
     total = float(rows.pop("total"))
     assert total == pytest.approx(sum(float(s) for s in rows.values()), abs=0.1 * len(rows))
+
+
+def test_tutorial_claim_boxes_share_one_style():
+    """A box that quotes a claim copied in tutorials is styled as one everywhere, so a reader
+    who has met one recognises the next (book/_static/course.css)."""
+    boxes = 0
+    for chapter in CHAPTERS:
+        source = (ROOT / f"{chapter}.md").read_text()
+        for match in re.finditer(r"^:::\{admonition\} Tutorial claim:.*\n(.*)$", source, re.M):
+            boxes += 1
+            assert match.group(1).strip() == ":class: tutorial-claim", (
+                f"{chapter}: {match.group(0).splitlines()[0]} needs ':class: tutorial-claim'"
+            )
+    assert boxes >= 9, f"only {boxes} tutorial-claim boxes in the book"
+    assert ".tutorial-claim" in (ROOT / "book" / "_static" / "course.css").read_text()
