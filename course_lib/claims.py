@@ -13,7 +13,8 @@ data states it, and the prose shows what the cell glued (myst-nb's ``{glue:text}
     claims.either("rule", sqrt_err < lin_err,         # phrased from the data, at any scale
                   "the square-root rule fits better", "the linear rule fits better")
 
-``check`` raises :class:`ClaimError`, naming the chapter and the sentence, when the data does
+The methods return nothing, so a cell that ends with one shows no stray output; what was glued
+is in ``claims.stated``. ``check`` raises :class:`ClaimError`, naming the chapter and the sentence, when the data does
 not support the sentence: the chapter's cell fails, so the book does not build. ``either``
 is for findings that may go either way at another scale or seed: the data picks the words.
 """
@@ -44,7 +45,7 @@ class Claims:
     chapter: str
     stated: dict[str, str] = field(default_factory=dict)
 
-    def _record(self, key: str, text: str) -> str:
+    def _record(self, key: str, text: str) -> None:
         if not key.isidentifier():
             raise ValueError(f"{self.chapter}: claim key {key!r} must be a Python identifier")
         if key in self.stated and self.stated[key] != text:
@@ -54,25 +55,24 @@ class Claims:
             )
         self.stated[key] = text
         _glue(key, text)
-        return text
 
-    def number(self, key: str, value: float, fmt: str = ".3g") -> str:
-        """Glue ``value`` formatted by ``fmt`` (a :func:`format` spec); return the text."""
+    def number(self, key: str, value: float, fmt: str = ".3g") -> None:
+        """Glue ``value`` formatted by ``fmt`` (a :func:`format` spec)."""
         try:
             text = format(value, fmt)
         except (TypeError, ValueError) as error:
             raise ValueError(
                 f"{self.chapter}: cannot format {key}={value!r} with {fmt!r}"
             ) from error
-        return self._record(key, text)
+        self._record(key, text)
 
-    def text(self, key: str, text: str) -> str:
+    def text(self, key: str, text: str) -> None:
         """Glue a phrase computed from the data (a list of names, a range)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{self.chapter}: claim {key!r} needs a non-empty sentence")
-        return self._record(key, text)
+        self._record(key, text)
 
-    def check(self, key: str, holds: bool, sentence: str, *, evidence: str = "") -> str:
+    def check(self, key: str, holds: bool, sentence: str, *, evidence: str = "") -> None:
         """Glue ``sentence`` if ``holds``; otherwise fail the chapter, naming the sentence."""
         if not isinstance(sentence, str) or not sentence.strip():
             raise ValueError(f"{self.chapter}: claim {key!r} needs a non-empty sentence")
@@ -82,8 +82,8 @@ class Claims:
                 f"chapter {self.chapter!r}: the data no longer supports the sentence "
                 f"{sentence!r}{detail}. Rewrite the sentence from the data, or fix the experiment."
             )
-        return self._record(key, sentence)
+        self._record(key, sentence)
 
-    def either(self, key: str, condition: bool, if_true: str, if_false: str) -> str:
-        """Glue whichever of two sentences the data supports, and return it."""
-        return self.text(key, if_true if bool(condition) else if_false)
+    def either(self, key: str, condition: bool, if_true: str, if_false: str) -> None:
+        """Glue whichever of two sentences the data supports."""
+        self.text(key, if_true if bool(condition) else if_false)
