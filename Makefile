@@ -73,12 +73,12 @@ $(SANDBOX_STAMP): | $(STAMP)
 $(BROWSER_STAMP): | $(STAMP)
 	$(call apt_once,browser tests,chromium,chromium)
 
-# jupyter-cache re-executes a chapter when its code changes, but cannot see course_lib:
-# empty the cache whenever any file under course_lib/ (or the config) changed since the
-# last successful build, so the book never shows stale results.
+# jupyter-cache re-executes a chapter when its code changes, but cannot see course_lib or the
+# recorded benchmark results the Memory chapter reads: empty the cache whenever any of them
+# (or the config) changed since the last successful build, so the book never shows stale results.
 book: setup
 	@mkdir -p _build
-	@new=$$(find course_lib _config.yml pyproject.toml -type f \( -name '*.py' -o -name '*.js' -o -name '*.yml' -o -name '*.toml' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); \
+	@new=$$(find course_lib benchmarks/results _config.yml pyproject.toml -type f \( -name '*.py' -o -name '*.js' -o -name '*.json' -o -name '*.yml' -o -name '*.toml' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); \
 	 old=$$(cat $(BOOK_HASH) 2>/dev/null); \
 	 if [ "$$new" != "$$old" ]; then echo "course_lib changed: clearing the execution cache"; rm -rf $(BOOK_CACHE); fi; \
 	 COURSE_PROGRESS=0 $(VENV)/bin/jupyter-book build . -W --keep-going && echo "$$new" > $(BOOK_HASH)
