@@ -68,7 +68,13 @@ import numpy as np
 import torch
 
 from course_lib.seeds import bootstrap_interval
-from course_lib.sweeps import EdgeOptimum, interior_best, sweep_until_interior
+from course_lib.sweeps import (
+    EdgeOptimum,
+    interior_best,
+    log_vertex,
+    mean_score,
+    sweep_until_interior,
+)
 
 __all__ = [
     "RULES",
@@ -424,15 +430,6 @@ def lars_local_lr(
 # --- reading sweeps -------------------------------------------------------------------------
 
 
-def _mean_over_seeds(values: Sequence) -> np.ndarray:
-    """One number per grid point: the mean over seeds, ``inf`` where any seed diverged."""
-    means = []
-    for value in values:
-        value = np.asarray(value, dtype=float)
-        means.append(float(value.mean()) if np.all(np.isfinite(value)) else math.inf)
-    return np.array(means)
-
-
 def best_lr(lrs: Sequence[float], losses: Sequence) -> float:
     """The learning rate of a sweep's lowest (mean) loss, refined between grid points.
 
@@ -454,17 +451,10 @@ def best_lr(lrs: Sequence[float], losses: Sequence) -> float:
         raise ValueError(f"Invalid lrs: an interior best needs at least 3 points, got {len(lr)}")
     if np.any(lr <= 0) or np.any(np.diff(lr) <= 0):
         raise ValueError("Invalid lrs: expected positive, strictly increasing learning rates")
-    means = _mean_over_seeds(losses)
+    means = np.array([mean_score(loss) for loss in losses])
     if np.all(np.isinf(means)):
         raise ValueError("Invalid losses: every run diverged, there is no best learning rate")
-    i = interior_best(lr, means)
-    u, f = np.log(lr[i - 1 : i + 2]), means[i - 1 : i + 2]
-    if not np.all(np.isfinite(f)):
-        return float(lr[i])
-    a, b, _ = np.polyfit(u, f, 2)
-    if a <= 0:  # three equal losses: no curvature to place a vertex
-        return float(lr[i])
-    return float(np.exp(np.clip(-b / (2 * a), u[0], u[2])))
+    return log_vertex(lr, means, interior_best(lr, means))
 
 
 @dataclass(frozen=True)
@@ -509,7 +499,7 @@ def sweep_lr(
         sides = set()
         for seed in range(losses.shape[1]):
             try:
-                interior_best(lrs, _mean_over_seeds(losses[:, [seed]]))
+                interior_best(lrs, [mean_score(loss) for loss in losses[:, seed]])
             except EdgeOptimum as edge:
                 sides.add(edge.side)
         if not sides:

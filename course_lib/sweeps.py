@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from course_lib.train import progress_enabled
 
-__all__ = ["EdgeOptimum", "interior_best", "sweep_until_interior"]
+__all__ = ["EdgeOptimum", "interior_best", "log_vertex", "mean_score", "sweep_until_interior"]
 
 
 class EdgeOptimum(ValueError):
@@ -59,10 +59,28 @@ def interior_best(grid: Sequence[float], values: Sequence) -> int:
     return best
 
 
-def _score(value) -> float:
-    """Mean over seeds; a run that diverged (inf or NaN) is worse than any that trained."""
+def mean_score(value) -> float:
+    """One grid point's score: the mean over its seeds, ``inf`` if any seed diverged (inf or
+    NaN), so that a diverged point is worse than any that trained."""
     value = np.asarray(value, dtype=float)
     return float(value.mean()) if np.all(np.isfinite(value)) else np.inf
+
+
+def log_vertex(grid: np.ndarray, scores: np.ndarray, best: int) -> float:
+    """Refine ``grid[best]`` between grid points: the vertex, on a log axis, of the parabola
+    through the three scores around it (the three nearest the edge when ``best`` is on it),
+    clipped to the grid. ``grid[best]`` itself when a score there is not finite or the
+    parabola has no minimum (three equal scores)."""
+    centre = min(max(best, 1), len(grid) - 2)
+    x = np.log(grid[centre - 1 : centre + 2])
+    y = scores[centre - 1 : centre + 2]
+    if not np.all(np.isfinite(y)):
+        return float(grid[best])
+    a, b, _ = np.polyfit(x - x[1], y, 2)
+    if a <= 0:
+        return float(grid[best])
+    vertex = x[1] - b / (2 * a)
+    return float(np.exp(np.clip(vertex, np.log(grid[0]), np.log(grid[-1]))))
 
 
 def sweep_until_interior(
@@ -90,7 +108,7 @@ def sweep_until_interior(
     for extension in range(max_extensions + 1):
         keys = sorted(values)
         try:
-            interior_best(keys, [_score(values[k]) for k in keys])
+            interior_best(keys, [mean_score(values[k]) for k in keys])
             bar.close()
             return keys, [values[k] for k in keys]
         except EdgeOptimum as edge:

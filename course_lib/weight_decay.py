@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from course_lib._checks import check_positive_int
 from course_lib.data import minibatches
 from course_lib.models import MLP
-from course_lib.sweeps import EdgeOptimum, interior_best
+from course_lib.sweeps import EdgeOptimum, interior_best, log_vertex, mean_score
 from course_lib.train import progress_enabled
 
 __all__ = [
@@ -272,17 +272,7 @@ def log_optimum(grid: Sequence[float], values: Sequence[float]) -> float:
     finite = np.where(np.isfinite(values), values, np.inf)
     if np.all(np.isinf(finite)):
         raise ValueError("every value is infinite or NaN: no run trained")
-    best = int(np.argmin(finite))
-    centre = min(max(best, 1), len(grid) - 2)
-    x = np.log(grid[centre - 1 : centre + 2])
-    y = finite[centre - 1 : centre + 2]
-    if not np.all(np.isfinite(y)):
-        return float(grid[best])
-    a, b, _ = np.polyfit(x - x[1], y, 2)
-    if a <= 0:
-        return float(grid[best])
-    vertex = x[1] - b / (2 * a)
-    return float(np.exp(np.clip(vertex, math.log(grid[0]), math.log(grid[-1]))))
+    return log_vertex(grid, finite, int(np.argmin(finite)))
 
 
 @dataclass(frozen=True)
@@ -350,10 +340,7 @@ def extend_until_interior(
     def edges() -> list[tuple[int, str]]:
         found = []
         for j in range(losses.shape[2]):
-            scores = [
-                float(np.mean(row)) if np.all(np.isfinite(row)) else math.inf
-                for row in losses[:, :, j].T
-            ]
+            scores = [mean_score(row) for row in losses[:, :, j].T]
             try:
                 interior_best(decays, scores)
             except EdgeOptimum as edge:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from course_lib.sweeps import EdgeOptimum, interior_best, sweep_until_interior
+from course_lib.sweeps import (
+    EdgeOptimum,
+    interior_best,
+    log_vertex,
+    mean_score,
+    sweep_until_interior,
+)
 
 
 def test_interior_best_refuses_an_edge_and_names_the_side():
@@ -49,3 +55,19 @@ def test_sweep_extends_until_the_optimum_is_inside():
 def test_bad_sweeps_are_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_mean_score_counts_a_diverged_seed_as_worst():
+    assert mean_score([1.0, 3.0]) == 2.0
+    assert mean_score([1.0, float("nan")]) == float("inf")
+    assert mean_score(float("inf")) == float("inf")
+
+
+def test_log_vertex_places_the_minimum_between_grid_points():
+    grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    scores = (np.log(grid) - np.log(3.0)) ** 2  # a parabola in log(x), minimum at 3
+    assert log_vertex(grid, scores, 1) == pytest.approx(3.0, rel=1e-9)
+    edge = (np.log(grid) - np.log(100.0)) ** 2  # minimum beyond the grid: clipped to it
+    assert log_vertex(grid, edge, 4) == pytest.approx(16.0)
+    assert log_vertex(grid, np.ones(5), 2) == 4.0  # no curvature: the grid point
+    assert log_vertex(grid, np.array([1.0, np.inf, 0.5, 2.0, 3.0]), 2) == 4.0  # diverged neighbour
