@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, describe_machine, loadavg, summarise, timer, write_json
+from course_lib.memory import optimizer_state_bytes
 from course_lib.optim.adamw8bit import AdamW8bit
 
 REFERENCE = "torch AdamW fused (fp32 states)"
@@ -66,30 +67,6 @@ def implementations(device: torch.device) -> tuple[dict[str, Callable], dict[str
 
         found["torchao AdamW8bit"] = torchao
     return found, skipped
-
-
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in ``optimizer.state``, inside subclasses too, each storage once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-
-    def add(t: torch.Tensor) -> None:
-        nonlocal total
-        if hasattr(t, "__tensor_flatten__"):
-            names, _ = t.__tensor_flatten__()
-            for name in names:
-                add(getattr(t, name))
-            return
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-
-    for state in optimizer.state.values():
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                add(value)
-    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, opt in optimizers.items():
         s = summarise(samples[name])
         s["first_call_s"] = first_call[name]
-        s["state_bytes"] = state_bytes(opt)
+        s["state_bytes"] = optimizer_state_bytes(opt)
         s["state_bytes_per_parameter"] = s["state_bytes"] / numel
         s["time_over_torch_fused"] = statistics.median(
             a / b for a, b in zip(samples[name], samples[REFERENCE], strict=True)

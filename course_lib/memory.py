@@ -113,28 +113,38 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _state_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """The exact size of everything in ``optimizer.state``: sum of ``numel * element_size``.
+
+    Counts every tensor (the moments, absmax scales, the ``step`` counters), each storage
+    once, and looks inside tensor subclasses that hold their data in inner tensors (torchao's
+    8-bit states, via ``__tensor_flatten__``). The state exists only after the first
+    ``step()``.
+    """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    found: list[Tensor] = []
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(t: Tensor) -> None:
+        nonlocal total
+        if hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            for name in names:
+                add(getattr(t, name))
+            return
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+
     for state in optimizer.state.values():
         for value in state.values():
-            if isinstance(value, Tensor) and id(value) not in seen:
-                seen.add(id(value))
-                found.append(value)
-    return found
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """The exact size of everything in ``optimizer.state``: sum of ``numel * element_size``.
-
-    Counts every tensor (the moments, absmax scales, the ``step`` counters), each once.
-    The state exists only after the first ``step()``.
-    """
-    return tensor_bytes(_state_tensors(optimizer))
+            if isinstance(value, Tensor):
+                add(value)
+    return total
 
 
 def optimizer_parameter_count(optimizer: torch.optim.Optimizer) -> int:

@@ -86,3 +86,11 @@ def test_format_bytes():
     assert format_bytes(112e9) == "112.0 GB"
     assert format_bytes(1.5e6) == "1.5 MB"
     assert format_bytes(12) == "12 B"
+
+
+def test_state_bytes_count_a_shared_storage_once():
+    p = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    buffer = torch.zeros(8)
+    optimizer.state[p] = {"a": buffer, "b": buffer, "c": torch.zeros(2, dtype=torch.float64)}
+    assert optimizer_state_bytes(optimizer) == 8 * 4 + 2 * 8
