@@ -108,11 +108,6 @@ def training_memory(
     return out
 
 
-def tensor_bytes(tensors) -> int:
-    """``sum(numel * element_size)`` over an iterable of tensors."""
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """The exact size of everything in ``optimizer.state``: sum of ``numel * element_size``.
 
