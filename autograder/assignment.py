@@ -28,18 +28,17 @@ class GradingRefused(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class SourceCell:
     index: int
-    cell_type: str  # "code" or "markdown"
     grade_id: str | None
-    role: str  # "locked" (runs as is), "solution", "test", "markdown"
+    role: str  # "locked" (runs as is), "solution", "test", "markdown" (any other cell type)
     source: str  # the instructor's source (tests with their hidden part)
     release: str  # what students were given (hidden tests stripped, solutions stubbed)
-    points: float
+    points: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
-    name: str
-    notebook: str  # the notebook's name without .ipynb
+    name: str  # also the notebook's name, without .ipynb
+    root: Path  # the course folder
     cells: tuple[SourceCell, ...]
     answers: dict[str, tuple[str, ...]]  # solution grade_id -> names it defines
     plans: dict[str, list[dict]]  # test grade_id -> requests (grading plan mode)
@@ -52,6 +51,10 @@ class Assignment:
     @property
     def max_score(self) -> float:
         return sum(c.points for c in self.tests)
+
+    def folder(self, kind: str, student: str) -> Path:
+        """``autograder/<kind>/<student>/<name>/``: kind is submitted, autograded or feedback."""
+        return self.root / "autograder" / kind / student / self.name
 
 
 def cell_text(cell: Any) -> str | None:
@@ -75,10 +78,7 @@ def _defined_names(source: str) -> tuple[str, ...]:
             names.append(node.name)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                for sub in ast.walk(target):
-                    if isinstance(sub, ast.Name):
-                        names.append(sub.id)
+            names += [sub.id for t in targets for sub in ast.walk(t) if isinstance(sub, ast.Name)]
     return tuple(dict.fromkeys(names))
 
 
@@ -108,39 +108,25 @@ def host_tests(
 
 
 def load_assignment(root: Path, name: str) -> Assignment:
-    source_path = root / "solutions" / name / f"{name}.ipynb"
-    release_path = root / "exercises" / name / f"{name}.ipynb"
-    for path in (source_path, release_path):
+    paths = [root / folder / name / f"{name}.ipynb" for folder in ("solutions", "exercises")]
+    for path in paths:
         if not path.is_file():
             raise GradingRefused(f"{path} does not exist: is {name!r} an assignment?")
-    source = json.loads(source_path.read_text(encoding="utf-8"))
-    release = json.loads(release_path.read_text(encoding="utf-8"))
-    released = {nbgrader_meta(c).get("grade_id"): cell_text(c) or "" for c in release["cells"]}
+    source, release = (json.loads(path.read_text(encoding="utf-8"))["cells"] for path in paths)
+    released = {nbgrader_meta(c).get("grade_id"): cell_text(c) or "" for c in release}
     cells, answers = [], {}
-    for index, cell in enumerate(source["cells"]):
-        meta = nbgrader_meta(cell)
+    for index, cell in enumerate(source):
+        meta, text = nbgrader_meta(cell), cell_text(cell) or ""
         grade_id = meta.get("grade_id")
-        text = cell_text(cell) or ""
+        role = "test" if meta.get("grade") else "locked"
         if cell["cell_type"] != "code":
             role = "markdown"
         elif meta.get("solution"):
             role = "solution"
             answers[grade_id] = _defined_names(text)
-        elif meta.get("grade"):
-            role = "test"
-        else:
-            role = "locked"
-        cells.append(
-            SourceCell(
-                index=index,
-                cell_type=cell["cell_type"],
-                grade_id=grade_id,
-                role=role,
-                source=text,
-                release=released.get(grade_id, ""),  # a test cell always has its release
-                points=float(meta.get("points") or 0) if role == "test" else 0.0,
-            )
-        )
+        points = float(meta.get("points") or 0) if role == "test" else 0.0
+        # A test cell always has its release.
+        cells.append(SourceCell(index, grade_id, role, text, released.get(grade_id, ""), points))
     # The plan: what each test cell will ask the sandbox to observe. The test cells run here,
     # in the grader, with every answer replaced by a placeholder.
     plans: dict[str, list[dict]] = {}
@@ -149,13 +135,6 @@ def load_assignment(root: Path, name: str) -> Assignment:
             _quiet_exec(cell.source, namespace, f"<{name}:{cell.grade_id}>")
         plans[cell.grade_id] = list(requests)
     digest = hashlib.sha256(GRADER_VERSION.encode())
-    for path in sorted([source_path, release_path, *HERE.glob("*.py"), *HERE.glob("stubs/*.py")]):
+    for path in sorted([*paths, *HERE.glob("*.py"), *HERE.glob("stubs/*.py")]):
         digest.update(path.name.encode() + path.read_bytes())
-    return Assignment(
-        name=name,
-        notebook=source_path.stem,
-        cells=tuple(cells),
-        answers=answers,
-        plans=plans,
-        fingerprint=digest.hexdigest(),
-    )
+    return Assignment(name, root, tuple(cells), answers, plans, digest.hexdigest())

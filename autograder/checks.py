@@ -12,11 +12,11 @@ that by ``run_check``.
 
 from __future__ import annotations
 
-import functools
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,6 +54,14 @@ def entries(obs: Any, key: str, made: int) -> list[Any]:
     if len(value) > made:
         raise malformed(f"{key} has {len(value)} entries, more than the {made} made")
     return value
+
+
+def until_stop(recorded: list, made: Sequence, stop: Callable[[], None]) -> Iterator[tuple]:
+    """(record, what was made) in order; ``stop()`` at the first made without a record."""
+    for index, item in enumerate(made):
+        if index >= len(recorded):
+            stop()
+        yield recorded[index], item
 
 
 def texts(value: Any) -> list[str]:
@@ -102,34 +110,29 @@ def tensor(desc: Any, what: str, shape: Sequence[int], dtype: torch.dtype, devic
     got = tuple(field(desc, "shape", list))
     if got != tuple(shape):
         raise GradingError(f"{what} has shape {got}; expected {tuple(shape)}"[:MAX_TEXT])
-    for key, want, why in (("dtype", str(dtype), "dtype"), ("device", device, "device")):
+    place = torch.device(device)  # as a tensor reports it: cuda is cuda:0
+    place = "cpu" if place.type == "cpu" else f"{place.type}:{place.index or 0}"
+    for key, want, verb in (("dtype", str(dtype), "has dtype"), ("device", place, "is on")):
         if text(desc.get(key), 100) != want:
-            on = "has dtype" if key == "dtype" else "is on"
             raise GradingError(
-                f"{what} {on} {text(desc.get(key), 100)}; expected {want}, the parameter's {why}"
+                f"{what} {verb} {text(desc.get(key), 100)}; expected {want}, the parameter's {key}"
             )
     return values(desc.get("data"), what, shape, dtype)
 
 
-def refuse_delegation(obs: Any, name: str) -> None:
-    """Refuse the answer when its MRO or source named the reference (seen in the sandbox)."""
-    reasons = texts(field(obs, "delegation", list))
-    if reasons:
-        raise refusal(name, reasons)
-
-
-def stopped(obs: Any, name: str, calls: dict[str, str] | None = None) -> None:
-    """Raise why the observation ended where its data end."""
-    stop = obs.get("stop") if isinstance(obs, dict) else None
+def stopped(obs: dict, name: str, like: tuple | None = None) -> None:
+    """Raise why the observation ended where its data end. ``like``: the (shape, dtype,
+    device) of an update's parameter, for a result it could not use."""
+    stop = obs.get("stop")
     if not isinstance(stop, dict):
         raise malformed("the recorded data end early without a reason")
     kind, call = stop.get("kind"), stop.get("call", "call")
-    calls = calls or {"call": name}
     if kind == "refused":
         hits = dict.fromkeys(texts(stop.get("hits")))
         raise refusal(name, [f"running it called {hit}" for hit in hits])
-    if kind == "raised" and isinstance(call, str) and call in calls:
-        raise GradingError(f"{calls[call]} raised {text(stop.get('error'))}")
+    if kind == "raised" and call in ("call", "init", "step"):
+        what = f"{name}.step" if call == "step" else name
+        raise GradingError(f"{what} raised {text(stop.get('error'))}")
     if kind == "crash":
         raise GradingError(
             f"{name}: looking at its results raised {text(stop.get('error'))}; return plain "
@@ -138,13 +141,38 @@ def stopped(obs: Any, name: str, calls: dict[str, str] | None = None) -> None:
     if kind == "not_optimizer":
         got = text(stop.get("type"), 200)
         raise GradingError(f"{name}(...) should be a torch.optim.Optimizer, got {got}")
+    if kind == "bad_result" and like is not None:
+        desc = field(stop, "result")
+        if desc.get("kind") not in ("tuple", "list") or desc.get("size") != 3:
+            length = f" of length {desc['size']}" if isinstance(desc.get("size"), int) else ""
+            raise GradingError(
+                f"{name} should return the tuple (param, m, v) of new tensors; got "
+                f"{type_name(desc)}{length}"
+            )
+        for item, what in zip(entries(desc, "items", 3), ("param", "m", "v"), strict=True):
+            tensor(item, f"the returned {what}", *like)
     raise malformed("it stopped for an unknown reason")
 
 
-def end_of(obs: Any, name: str, calls: dict[str, str] | None = None) -> None:
-    """Every recorded result passed: a recorded stop still fails the check."""
-    if isinstance(obs, dict) and obs.get("stop") is not None:
-        stopped(obs, name, calls)
+def _check(check: str, protocol: str, answer: Any, inputs: dict, judge: Callable, name: str):
+    """Run a check in the current mode. ``judge(obs, stop)`` runs once what the observation
+    saw of the answer itself passed (an optimizer class, no delegation); ``stop()`` raises
+    why the observation ended, as a recorded stop still does after the judge."""
+
+    def judged(obs: dict) -> None:
+        if protocol == "optimizer" and field(obs, "class").get("ok") is not True:
+            got = text(obs["class"].get("repr"))
+            raise GradingError(
+                f"{name} should be a class derived from torch.optim.Optimizer, got {got}"
+            )
+        reasons = [] if protocol == "value" else texts(field(obs, "delegation", list))
+        if reasons:
+            raise refusal(name, reasons)
+        judge(obs, partial(stopped, obs, name))
+        if obs.get("stop") is not None:
+            stopped(obs, name)
+
+    run_check(check, protocol, answer, inputs, judged, name=name, kind=inputs.get("kind"))
 
 
 # --------------------------------------------------------------------------------------
@@ -161,27 +189,19 @@ def relative_error(got: Tensor, expected: Tensor) -> Tensor:
     return torch.nan_to_num(error, nan=math.inf, posinf=math.inf)
 
 
-def first_mismatch(got: Tensor, expected: Tensor, rtol: float) -> tuple[int, ...] | None:
-    """Index of the worst element outside ``rtol * max(|expected|, 1)``; None when all fit."""
+def mismatch(got: Tensor, expected: Tensor, rtol: float) -> str | None:
+    """None when every element is within ``rtol * max(|expected|, 1)``, else the worst one."""
     error = relative_error(got, expected)
     if error.numel() == 0 or error.max().item() <= rtol:
         return None
     flat = torch.tensor(int(error.argmax().item()))
-    return tuple(int(i) for i in torch.unravel_index(flat, error.shape))
-
-
-def describe_mismatch(got: Tensor, expected: Tensor, index: tuple[int, ...], rtol: float) -> str:
+    index = tuple(int(i) for i in torch.unravel_index(flat, error.shape))
     g, e = got.detach()[index].item(), expected.detach()[index].item()
     return (
         f"{f'element {index}' if index else 'value'}: expected {e:.10g}, got {g:.10g} "
         f"(difference {abs(g - e):.3g}; allowed {rtol:.0e} x max(|expected|, 1) for "
         f"{DTYPE_NAMES.get(got.dtype, got.dtype)})"
     )
-
-
-def format_call(name: str, kwargs: dict[str, Any], positional: Sequence[Any] = ()) -> str:
-    args = [repr(a) for a in positional] + [f"{k}={v!r}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(args)})"
 
 
 def disagreement(
@@ -274,19 +294,15 @@ def reference_update(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip # the hyperparameters on two lines, as in torch
     """One Adam (or, ``decoupled``, AdamW) update in float64, optionally with one mistake."""
     t += mistake == "step_plus_one"
-    decay_first = decay_after = False
-    if weight_decay and mistake != "no_weight_decay":
-        if not decoupled and mistake != "decoupled_in_adam":
-            g = g + weight_decay * p
-        elif mistake == "coupled":
-            g = g + weight_decay * p
-        elif mistake == "decay_without_lr":
-            p = p * (1 - weight_decay)
-        else:
-            decay_after = mistake == "decay_after_update"
-            decay_first = not decay_after
-    if decay_first:
-        p = p * (1 - lr * weight_decay)
+    decay = 0.0 if mistake == "no_weight_decay" else weight_decay
+    decoupled = {"coupled": False, "decoupled_in_adam": True}.get(mistake, decoupled)
+    after = decoupled and mistake == "decay_after_update"
+    if not decoupled:
+        g = g + decay * p
+    elif mistake == "decay_without_lr":
+        p = p * (1 - decay)
+    elif not after:
+        p = p * (1 - lr * decay)
     if mistake == "betas_swapped":
         m, v = beta1 * g + (1 - beta1) * m, beta2 * g * g + (1 - beta2) * v
     else:
@@ -299,8 +315,8 @@ def reference_update(
         "no_sqrt": lambda: v / bc2 + eps,
     }.get(mistake, lambda: (v / bc2).sqrt() + eps)()
     p = p - lr * (m / bc1) / denom
-    if decay_after:
-        p = p * (1 - lr * weight_decay)
+    if after:
+        p = p * (1 - lr * decay)
     return p, m, v
 
 
@@ -312,14 +328,14 @@ def hint(mistake: str, t: int, beta1: float, beta2: float) -> str:
     )  # fmt: skip # the values of the template's fields, not one a line
 
 
-def trajectory(probe: Any, decoupled: bool, mistake: str | None = None) -> list[tuple]:
+def trajectory(probe: Probe, decoupled: bool, mistake: str | None = None) -> list[tuple]:
     """(param, m, v) after every update of a probe, in float64, optionally with a mistake."""
     p = torch.tensor(probe.start, dtype=torch.float64)
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     out = []
-    for t in range(1, probe.steps + 1):
+    for t, grad in enumerate(probe.grads(), start=1):
         hyper = probe.hyper(1 if mistake == "lr_cached" else t)
-        g = torch.tensor(probe.gradient(t), dtype=torch.float64)
+        g = torch.tensor(grad, dtype=torch.float64)
         p, m, v = reference_update(
             p, g, m, v, t, **hyper, decoupled=decoupled,
             mistake=None if mistake == "lr_cached" else mistake,
@@ -329,7 +345,7 @@ def trajectory(probe: Any, decoupled: bool, mistake: str | None = None) -> list[
 
 
 def diagnose(
-    got: list[Tensor], probe: Any, decoupled: bool, candidates: Iterable[str]
+    got: list[Tensor], probe: Probe, decoupled: bool, candidates: Iterable[str]
 ) -> str | None:
     """The first of ``candidates`` that this probe tells apart from a correct answer (its
     trajectory differs by more than 1e-7) and whose trajectory ``got`` matches (within 1e-7,
@@ -397,38 +413,28 @@ class Probe:
     start: Sequence[float] = (0.5, -1.5, 0.02)
 
     @classmethod
-    def random(cls, rng: random.Random, **overrides: Any) -> Probe:
-        probe = cls(
-            lr=rng.choice([0.05, 0.1, 0.2]),
-            beta1=rng.choice([0.7, 0.8, 0.85]),
-            beta2=rng.choice([0.9, 0.95, 0.97]),
-            eps=rng.choice([1e-3, 3e-3]),
-            start=[rng.uniform(0.2, 1.0), -rng.uniform(0.5, 2.0), rng.uniform(-0.05, 0.05)],
-        )
-        for key, value in overrides.items():
-            setattr(probe, key, value)
-        return probe
-
-    @classmethod
     def draw(cls, rng: random.Random, seed: int | None, **overrides: Any) -> Probe:
-        return cls(**overrides) if seed is None else cls.random(rng, **overrides)
+        """The probe the notebooks describe when ``seed`` is None, else a random one."""
+        if seed is None:
+            return cls(**overrides)
+        drawn = {
+            "lr": rng.choice([0.05, 0.1, 0.2]),
+            "beta1": rng.choice([0.7, 0.8, 0.85]),
+            "beta2": rng.choice([0.9, 0.95, 0.97]),
+            "eps": rng.choice([1e-3, 3e-3]),
+            "start": [rng.uniform(0.2, 1.0), -rng.uniform(0.5, 2.0), rng.uniform(-0.05, 0.05)],
+        }
+        return cls(**{**drawn, **overrides})
 
     def grads(self) -> list[list[float]]:
-        return [self.gradient(t) for t in range(1, self.steps + 1)]
-
-    def gradient(self, t: int) -> list[float]:
-        """The gradient fed at update number ``t`` (1-based): mixed signs and sizes."""
-        return [0.3 + 0.1 * t, (-1.0) ** t * 2.0, 0.002 * t]
+        """The gradient fed at each update: mixed signs and sizes."""
+        return [[0.3 + 0.1 * t, (-1.0) ** t * 2.0, 0.002 * t] for t in range(1, self.steps + 1)]
 
     def hyper(self, t: int) -> dict[str, float]:
+        """adam_update's keywords at update ``t`` (1-based)."""
         halved = self.lr_change_at is not None and t - 1 >= self.lr_change_at
-        return {
-            "lr": self.lr * 0.5 if halved else self.lr,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-        }
+        hyper = {k: getattr(self, k) for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
+        return {**hyper, "lr": self.lr * 0.5 if halved else self.lr}
 
     def settings(self) -> str:
         text_ = (
@@ -440,18 +446,32 @@ class Probe:
         return text_
 
 
+def _probes(seed: int | None, adamw: bool) -> list[Probe]:
+    """Without, then with weight decay (for AdamW, and an lr change); ``seed=None``: the
+    fixed probes the notebooks describe."""
+    rng = random.Random(seed)
+    if not adamw:
+        return [Probe.draw(rng, seed), Probe.draw(rng, seed, weight_decay=0.1)]
+    first = Probe.draw(rng, seed, steps=5)
+    decay = {"weight_decay": 0.2, "lr_change_at": 5}
+    if seed is not None:
+        decay = {"weight_decay": rng.choice([0.1, 0.2, 0.3]), "lr_change_at": rng.randint(3, 6)}
+    return [first, Probe.draw(rng, seed, steps=8, **decay)]
+
+
 def random_shape(rng: random.Random) -> tuple[int, ...]:
     return tuple(rng.randint(1, 5) for _ in range(rng.randint(0, 3)))
 
 
-def random_hyper(rng: random.Random) -> dict[str, float]:
-    return {
-        "lr": 10 ** rng.uniform(-4, -1),
-        "beta1": rng.choice([0.0, 0.5, 0.9, rng.uniform(0.0, 0.99)]),
-        "beta2": rng.choice([0.95, 0.999, rng.uniform(0.9, 0.9999)]),
-        "eps": rng.choice([1e-8, 1e-6, 1e-3]),
-        "weight_decay": rng.choice([0.0, 1e-4, 0.05, 0.1]),
-    }
+def random_hyper(rng: random.Random) -> dict[str, Any]:
+    """A parameter group's options (drawn lr, beta1, beta2, eps, weight_decay)."""
+    lr = 10 ** rng.uniform(-4, -1)
+    betas = (
+        rng.choice([0.0, 0.5, 0.9, rng.uniform(0.0, 0.99)]),
+        rng.choice([0.95, 0.999, rng.uniform(0.9, 0.9999)]),
+    )
+    eps, weight_decay = rng.choice([1e-8, 1e-6, 1e-3]), rng.choice([0.0, 1e-4, 0.05, 0.1])
+    return {"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": betas}
 
 
 def dtype_of(name: Any) -> torch.dtype:
@@ -465,43 +485,29 @@ def randn(gen: torch.Generator, shape: Sequence[int], dtype: torch.dtype, scale:
     return (torch.randn(tuple(shape), generator=gen, dtype=F64) * scale).to(dtype)
 
 
-def _like_device(device: str) -> str:
-    """How a tensor on ``device`` reports its device (``cuda`` becomes ``cuda:0``)."""
-    torch_device = torch.device(device)
-    if torch_device.type == "cpu":
-        return "cpu"
-    return f"{torch_device.type}:{torch_device.index or 0}"
-
-
 # --------------------------------------------------------------------------------------
 # Assignments `adam` and `adamw`: a functional update (protocol `update`) and an optimizer
 # class (protocol `optimizer`), on small probes and on random runs against torch.
 # --------------------------------------------------------------------------------------
 
-CALLS = {"init": "AdamW", "step": "AdamW.step"}
 
-
-def _adam(check: str, update: Any, device: str, runs: list, moments: bool, judge: Any) -> None:
-    inputs = {"device": device, "kind": "optimizer", "moments": moments, "runs": runs}
-    run_check(check, "update", update, inputs, judge, name="adam_update", kind="optimizer")
-
-
-def _adamw(check: str, cls: Any, device: str, runs: list, judge: Any) -> None:
+def _adam(check: str, answer: Any, device: str, runs: list, judge: Any, moments: Any = None):
+    """Observe ``adam_update`` (protocol `update`, recording m and v too when ``moments``)
+    or, with ``moments=None``, the class ``AdamW`` (protocol `optimizer`)."""
     inputs = {"device": device, "kind": "optimizer", "runs": runs}
-    run_check(check, "optimizer", cls, inputs, judge, name="AdamW", kind="optimizer")
+    if moments is None:
+        _check(check, "optimizer", answer, inputs, judge, "AdamW")
+    else:
+        inputs["moments"] = moments
+        _check(check, "update", answer, inputs, judge, "adam_update")
 
 
-def _probes(seed: int | None, adamw: bool) -> list[Probe]:
-    """Without, then with weight decay (for AdamW, and an lr change); ``seed=None``: the
-    fixed probes the notebooks describe."""
-    rng = random.Random(seed)
-    if not adamw:
-        return [Probe.draw(rng, seed), Probe.draw(rng, seed, weight_decay=0.1)]
-    first = Probe.draw(rng, seed, weight_decay=0.0, steps=5)
-    if seed is None:
-        return [first, Probe(weight_decay=0.2, steps=8, lr_change_at=5)]
-    decay = {"weight_decay": rng.choice([0.1, 0.2, 0.3]), "lr_change_at": rng.randint(3, 6)}
-    return [first, Probe.draw(rng, seed, steps=8, **decay)]
+def _steps(run: Any, steps: int) -> list:
+    """What a run recorded after each of its steps (at most ``steps``): an update's list, an
+    optimizer's ``params``; the error when the constructor raised."""
+    if isinstance(run, dict) and isinstance(run.get("error"), dict):
+        raise GradingError(f"AdamW raised {text(run['error'].get('text'))}")
+    return entries(run if isinstance(run, dict) else {"params": run}, "params", steps)
 
 
 def _probe_error(
@@ -509,11 +515,10 @@ def _probe_error(
 ) -> None:
     """When ``got`` (the ``what`` after update ``t``) is wrong: the error, naming the mistake
     the parameter's trajectory so far matches, if the probe can tell it."""
-    where = first_mismatch(got, want, RTOL[F64])
-    if where is None:
+    wrong = mismatch(got, want, RTOL[F64])
+    if wrong is None:
         return
-    message = f"{call}: after step {t} the {what} is wrong, "
-    message += describe_mismatch(got, want, where, RTOL[F64]) + "."
+    message = f"{call}: after step {t} the {what} is wrong, {wrong}."
     if not torch.isfinite(got).all():
         raise GradingError(message + first_nonfinite_hint(t))
     extra = ("no_weight_decay", "decoupled_in_adam")
@@ -528,46 +533,6 @@ def _probe_error(
     raise GradingError(message)
 
 
-def _update_stop(obs: Any, shape: Sequence[int], dtype: torch.dtype, device: str) -> None:
-    """Why the observation of ``adam_update`` ends: an unusable result, or :func:`stopped`."""
-    stop = obs.get("stop")
-    if isinstance(stop, dict) and stop.get("kind") == "bad_result":
-        desc = field(stop, "result")
-        if desc.get("kind") not in ("tuple", "list") or desc.get("size") != 3:
-            length = f" of length {desc['size']}" if isinstance(desc.get("size"), int) else ""
-            raise GradingError(
-                f"adam_update should return the tuple (param, m, v) of new tensors; got "
-                f"{type_name(desc)}{length}"
-            )
-        for item, what in zip(entries(desc, "items", 3), ("param", "m", "v"), strict=True):
-            tensor(item, f"the returned {what}", shape, dtype, _like_device(device))
-    stopped(obs, "adam_update")
-
-
-def _runs(obs: Any, name: str, made: int) -> list[Any]:
-    """The runs recorded, once what the observation saw of the answer itself passed."""
-    if name == "AdamW" and field(obs, "class").get("ok") is not True:
-        got = text(obs["class"].get("repr"))
-        raise GradingError(f"AdamW should be a class derived from torch.optim.Optimizer, got {got}")
-    refuse_delegation(obs, name)
-    return entries(obs, "runs", made)
-
-
-def _steps(runs: list, index: int, steps: int, stop: Callable[[], None]) -> list:
-    """What run ``index`` recorded after each of its steps (at most ``steps``); ``stop()``
-    when there is no such run, the error when the constructor raised."""
-    if index >= len(runs):
-        stop()
-    run = runs[index]
-    if isinstance(run, dict) and isinstance(run.get("error"), dict):
-        raise GradingError(f"AdamW raised {text(run['error'].get('text'))}")
-    return entries(run if isinstance(run, dict) else {"params": run}, "params", steps)
-
-
-def _stop_adamw(obs: Any) -> Callable[[], None]:
-    return lambda: stopped(obs, "AdamW", CALLS)
-
-
 def check_adam_first_steps(
     adam_update: Any, *, device: Any = None, seed: int | None = None
 ) -> None:
@@ -579,22 +544,18 @@ def check_adam_first_steps(
         for p in probes
     ]
 
-    def judge(obs: Any) -> None:
-        recorded = _runs(obs, "adam_update", len(probes))
-        stop = functools.partial(_update_stop, obs, (3,), F64, device)
-        for index, probe in enumerate(probes):
-            steps, params = _steps(recorded, index, probe.steps, stop), []
-            call = f"adam_update({probe.settings()}, float64)"
-            for t, (want_p, want_m, want_v) in enumerate(trajectory(probe, False), start=1):
-                if t > len(steps):
-                    stop()
-                p, m, v = (values(x, "a result", (3,), F64) for x in steps[t - 1])
+    def judge(obs: dict, stop: Callable) -> None:
+        stop_update = partial(stop, ((3,), F64, device))  # for an unusable result
+        for run, probe in until_stop(entries(obs, "runs", len(probes)), probes, stop):
+            call, params = f"adam_update({probe.settings()}, float64)", []
+            steps = until_stop(_steps(run, probe.steps), trajectory(probe, False), stop_update)
+            for t, (step, want) in enumerate(steps, start=1):
+                p, m, v = (values(x, "a result", (3,), F64) for x in step)
                 params.append(p)
-                for what, got, want in (("m", m, want_m), ("v", v, want_v), ("param", p, want_p)):
-                    _probe_error(call, probe, t, f"returned {what}", got, want, params, False)
-        end_of(obs, "adam_update")
+                for what, got, i in (("m", m, 1), ("v", v, 2), ("param", p, 0)):
+                    _probe_error(call, probe, t, f"returned {what}", got, want[i], params, False)
 
-    _adam("adam_first_steps", adam_update, device, runs, True, judge)
+    _adam("adam_first_steps", adam_update, device, runs, judge, moments=True)
 
 
 def check_adamw_first_steps(AdamW: Any, *, device: Any = None, seed: int | None = None) -> None:
@@ -606,154 +567,142 @@ def check_adamw_first_steps(AdamW: Any, *, device: Any = None, seed: int | None 
         run = {"dtype": "float64", "params": [p.start], "steps": steps}
         runs.append({**run, "kwargs": {**kwargs, "weight_decay": p.weight_decay}})
 
-    def judge(obs: Any) -> None:
-        recorded = _runs(obs, "AdamW", len(probes))
-        for index, probe in enumerate(probes):
-            steps = _steps(recorded, index, probe.steps, _stop_adamw(obs))
+    def judge(obs: dict, stop: Callable) -> None:
+        for run, probe in until_stop(entries(obs, "runs", len(probes)), probes, stop):
+            steps = _steps(run, probe.steps)
             if len(steps) < probe.steps:
-                stopped(obs, "AdamW", CALLS)  # the run stopped before its steps were compared
+                stop()  # the run stopped before its steps were compared
             got = [values(step[0], "the parameter", (3,), F64) for step in steps]
             call = f"AdamW([p], {probe.settings()}) on float64"
             for t, (want, _, _) in enumerate(trajectory(probe, True), start=1):
                 _probe_error(call, probe, t, "parameter", got[t - 1], want, got, True)
-        end_of(obs, "AdamW", CALLS)
 
-    _adamw("adamw_first_steps", AdamW, device_name(device), runs, judge)
+    _adam("adamw_first_steps", AdamW, device_name(device), runs, judge)
 
 
-@dataclass
-class TorchCase:
-    """A random run against torch: parameters in groups, their gradients at every step
-    (None: no gradient), every group's lr multiplied by ``factor`` before step ``change_at``."""
+def _torch_runs(
+    seed: int, cases: int, steps: int, dtypes: Sequence[Any], adamw: bool
+) -> list[tuple[dict[str, Any], str]]:
+    """Random runs as the `optimizer` protocol takes them, each with how it was made (the
+    draws in a fixed order: a seed always makes the same runs). Adam's: one parameter and
+    gradients of one scale; AdamW's: parameters in groups (parameter i in group i % n), some
+    gradients None, every group's lr multiplied by a factor once."""
+    rng, gen, made = random.Random(seed), torch.Generator().manual_seed(seed), []
+    for index in range(cases):
+        dtype = dtype_of(dtypes[index % len(dtypes)])
+        if adamw:
+            shapes = [random_shape(rng) for _ in range(rng.randint(2, 5))]
+            groups = [random_hyper(rng) for _ in range(rng.randint(1, min(3, len(shapes))))]
+            if len(groups) > 1:
+                del groups[-1]["weight_decay"]  # this group takes the constructor's default
+            common = {"lr": 10 ** rng.uniform(-4, -2), "weight_decay": rng.choice([0.01, 0.1])}
+            del groups[0]["lr"]  # and this one the constructor's lr
+            change_at = rng.randint(steps // 3, 2 * steps // 3)
+            factor, none_every = rng.choice([0.1, 0.3, 2.0]), rng.choice([5, 7, 11])
+            scales = [10.0 ** (i % 3 - 1) for i in range(len(shapes))]
+            about = f"{len(shapes)} parameters of shapes {shapes} in {len(groups)} group(s); "
+            about += f"constructor {common}"
+        else:
+            shapes, groups, common = [random_shape(rng)], [random_hyper(rng)], {}
+            change_at, none_every = None, 0
+            scales = [10 ** rng.choice([-2, -1, 0, 1])]
+            about = f"shape {shapes[0]}, gradients of scale {scales[0]:g}"
+        params = [randn(gen, s, dtype).tolist() for s in shapes]
+        grads = [
+            [
+                None
+                if none_every and (t + i) % none_every == 0
+                else randn(gen, s, dtype, scales[i]).tolist()
+                for i, s in enumerate(shapes)
+            ]
+            for t in range(steps)
+        ]
+        run_steps = [{"grads": row} for row in grads]
+        if change_at is not None:
+            run_steps[change_at]["lr_factor"] = factor
+        n = len(groups)
+        groups = [{"params": list(range(len(shapes)))[i::n], **g} for i, g in enumerate(groups)]
+        run = {"dtype": DTYPE_NAMES[dtype], "params": params, "groups": groups,
+               "kwargs": common, "steps": run_steps}  # fmt: skip # the run's parts by meaning
+        made.append((run, f"{about}, {DTYPE_NAMES[dtype]}"))
+    return made
 
-    reference: Any  # torch's optimizer class
-    dtype: torch.dtype
-    shapes: list[tuple[int, ...]]
-    groups: list[dict[str, Any]]  # the options of each group; parameter i is in group i % n
-    common: dict[str, Any]  # the constructor's options
-    starts: list[Tensor]
-    grads: list[list[Tensor | None]]  # [step][parameter]
-    about: str  # how the case was made, for messages
-    change_at: int | None = None
-    factor: float = 1.0
-    advice: str = ""
 
-    def param_groups(self, params: list[Any]) -> list[dict[str, Any]]:
-        n = len(self.groups)
-        return [{"params": params[i::n], **self.groups[i]} for i in range(n)]
+def _replay(run: dict[str, Any], adamw: bool) -> Iterator[list[Tensor]]:
+    """torch's optimizer stepped on a run as the `optimizer` protocol steps the answer (on
+    the CPU): its parameters after every step."""
+    dtype = getattr(torch, run["dtype"])
+    params = [torch.tensor(x, dtype=dtype, requires_grad=True) for x in run["params"]]
+    groups = [{**g, "params": [params[i] for i in g["params"]]} for g in run["groups"]]
+    optimizer = torch.optim.AdamW if adamw else torch.optim.Adam
+    reference = optimizer(groups, **run["kwargs"], foreach=False)
+    for step in run["steps"]:
+        for group in reference.param_groups:
+            group["lr"] = group["lr"] * step.get("lr_factor", 1.0)
+        for p, g in zip(params, step["grads"], strict=True):
+            p.grad = None if g is None else torch.tensor(g, dtype=dtype)
+        reference.step()
+        yield [p.detach().clone() for p in params]
 
-    def run(self) -> dict[str, Any]:
-        """The case as the `optimizer` protocol's inputs."""
-        steps = [{"grads": [None if g is None else g.tolist() for g in row]} for row in self.grads]
-        if self.change_at is not None:
-            steps[self.change_at]["lr_factor"] = self.factor
-        params = [s.tolist() for s in self.starts]
-        groups = self.param_groups(list(range(len(params))))
-        return {"dtype": DTYPE_NAMES[self.dtype], "params": params, "groups": groups,
-                "kwargs": self.common, "steps": steps}  # fmt: skip # the run's parts by meaning
 
-    def check(
-        self, name: str, seed: int, index: int, device: str, history: list, stop: Any
-    ) -> None:
-        """Step torch's optimizer as the answer was stepped; compare every parameter after
-        every step."""
-        theirs = [s.clone().requires_grad_(True) for s in self.starts]
-        reference = self.reference(self.param_groups(theirs), **self.common)
-        rtol = RTOL[self.dtype]
-        for step, row in enumerate(self.grads):
-            if step >= len(history):
-                stop()
-            if step == self.change_at:
-                for group in reference.param_groups:
-                    group["lr"] = group["lr"] * self.factor
-            for b, g in zip(theirs, row, strict=True):
-                b.grad = None if g is None else g.clone()
-            reference.step()
-            got_row = entries({"row": history[step]}, "row", len(theirs))
-            for i, (got, b) in enumerate(zip(got_row, theirs, strict=True)):
-                a = values(got, f"parameter {i}", self.shapes[i], self.dtype)
-                where = first_mismatch(a, b, rtol)
-                if where is not None:
-                    group = i % len(self.groups)
-                    notes = self.notes(step, i)
+def _notes(run: dict[str, Any], step: int, i: int) -> str:
+    """The events of the run so far that a wrong answer may have mishandled."""
+    out, so_far = [], run["steps"][: step + 1]
+    for t, s in enumerate(so_far):
+        if "lr_factor" in s:
+            out.append(f"every group's lr was multiplied by {s['lr_factor']} before step {t + 1}")
+    nones = [t + 1 for t, s in enumerate(so_far) if s["grads"][i] is None]
+    if nones:
+        shown = ", ".join(map(str, nones[:10])) + ", ..." * (len(nones) > 10)
+        out.append(
+            f"parameter {i} had grad None at steps {shown} (it must be skipped then, its "
+            "state untouched)"
+        )
+    return " Notes: " + "; ".join(out) + "." if out else ""
+
+
+def _against_torch(
+    answer: Any, adamw: bool, device: Any, seed: int, cases: int, steps: int, dtypes: Sequence
+) -> None:
+    """The answer stepped as torch's optimizer on random runs, compared after every step."""
+    made, device = _torch_runs(seed, cases, steps, dtypes, adamw), device_name(device)
+    name, reference = ("AdamW", "AdamW") if adamw else ("adam_update", "Adam")
+    advice = " Run check_adamw_first_steps for a diagnosis on a small example." if adamw else ""
+
+    def judge(obs: dict, stop: Callable) -> None:
+        recorded = until_stop(entries(obs, "runs", cases), made, stop)
+        for index, (history, (run, about)) in enumerate(recorded):
+            first = torch.tensor(run["params"][0], dtype=getattr(torch, run["dtype"]))
+            like = None if adamw else (first.shape, first.dtype, device)  # an unusable update
+            pairs = until_stop(_steps(history, steps), _replay(run, adamw), partial(stop, like))
+            for step, (got_row, want_row) in enumerate(pairs):
+                got_row = entries({"row": got_row}, "row", len(want_row))
+                for i, (got, want) in enumerate(zip(got_row, want_row, strict=True)):
+                    a = values(got, f"parameter {i}", want.shape, want.dtype)
+                    wrong = mismatch(a, want, RTOL[want.dtype])
+                    if wrong is None:
+                        continue
+                    group = i % len(run["groups"])
+                    settings = {k: v for k, v in run["groups"][group].items() if k != "params"}
                     raise GradingError(
-                        f"{name} against torch.optim.{self.reference.__name__} (seed {seed}, "
-                        f"case {index}: {self.about} on {device}, group {group} settings "
-                        f"{self.groups[group]}): after step {step + 1}, parameter {i} differs, "
-                        f"{describe_mismatch(a, b, where, rtol)}."
-                        + (" Notes: " + "; ".join(notes) + "." if notes else "")
+                        f"{name} against torch.optim.{reference} (seed {seed}, case {index}: "
+                        f"{about} on {device}, group {group} settings {settings}): after step "
+                        f"{step + 1}, parameter {i} differs, {wrong}."
+                        + _notes(run, step, i)
                         + (first_nonfinite_hint(step + 1) if not torch.isfinite(a).all() else "")
-                        + self.advice
+                        + advice
                     )
 
-    def notes(self, step: int, i: int) -> list[str]:
-        """The events of the run so far that a wrong answer may have mishandled."""
-        out = []
-        if self.change_at is not None and step >= self.change_at:
-            out.append(
-                f"every group's lr was multiplied by {self.factor} before step {self.change_at + 1}"
-            )
-        nones = [t + 1 for t in range(step + 1) if self.grads[t][i] is None]
-        if nones:
-            shown = ", ".join(map(str, nones[:10])) + ", ..." * (len(nones) > 10)
-            out.append(
-                f"parameter {i} had grad None at steps {shown} (it must be skipped then, its "
-                "state untouched)"
-            )
-        return out
-
-
-def _torch_case(
-    rng: random.Random, gen: torch.Generator, dtype: torch.dtype, steps: int, adamw: bool
-) -> TorchCase:
-    """A random case (the draws in a fixed order: a seed always makes the same case)."""
-    if not adamw:
-        shape, hyper = random_shape(rng), random_hyper(rng)
-        scale = 10 ** rng.choice([-2, -1, 0, 1])
-        start, grads = (
-            randn(gen, shape, dtype),
-            [[randn(gen, shape, dtype, scale)] for _ in range(steps)],
-        )
-        betas = (hyper.pop("beta1"), hyper.pop("beta2"))
-        about = f"shape {shape}, gradients of scale {scale:g}, {DTYPE_NAMES[dtype]}"
-        groups = [{**hyper, "betas": betas}]
-        return TorchCase(
-            torch.optim.Adam, dtype, [shape], groups, {"foreach": False}, [start], grads, about
-        )
-    shapes = [random_shape(rng) for _ in range(rng.randint(2, 5))]
-    groups = []
-    for _ in range(rng.randint(1, min(3, len(shapes)))):
-        h = random_hyper(rng)
-        betas = (h.pop("beta1"), h.pop("beta2"))
-        groups.append({**h, "betas": betas})
-    if len(groups) > 1:
-        del groups[-1]["weight_decay"]  # this group takes the constructor's default
-    common = {"lr": 10 ** rng.uniform(-4, -2), "weight_decay": rng.choice([0.01, 0.1])}
-    del groups[0]["lr"]  # and this one the constructor's lr
-    starts = [randn(gen, s, dtype) for s in shapes]
-    change_at = rng.randint(steps // 3, 2 * steps // 3)
-    factor, none_every = rng.choice([0.1, 0.3, 2.0]), rng.choice([5, 7, 11])
-    grads = [
-        [
-            None if (t + i) % none_every == 0 else randn(gen, s, dtype, 10.0 ** (i % 3 - 1))
-            for i, s in enumerate(shapes)
-        ]
-        for t in range(steps)
-    ]
-    about = f"{len(shapes)} parameters of shapes {shapes} in {len(groups)} group(s); "
-    about += f"constructor {common}, {DTYPE_NAMES[dtype]}"
-    advice = " Run check_adamw_first_steps for a diagnosis on a small example."
-    case = (torch.optim.AdamW, dtype, shapes, groups, common, starts, grads, about, change_at)
-    return TorchCase(*case, factor, advice)
-
-
-def _torch_cases(
-    seed: int, cases: int, steps: int, dtypes: Sequence[Any], adamw: bool
-) -> list[TorchCase]:
-    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    return [
-        _torch_case(rng, gen, dtype_of(dtypes[i % len(dtypes)]), steps, adamw) for i in range(cases)
-    ]
+    runs = [run for run, _ in made]
+    if adamw:
+        _adam("adamw_against_torch", answer, device, runs, judge)
+        return
+    for i, run in enumerate(runs):  # adam_update's: one parameter, its group's options as keywords
+        hyper = {k: v for k, v in run["groups"][0].items() if k != "params"}
+        hyper["beta1"], hyper["beta2"] = hyper.pop("betas")
+        grads = [step["grads"][0] for step in run["steps"]]
+        runs[i] = {"dtype": run["dtype"], "start": run["params"][0], "grads": grads, "hyper": hyper}
+    _adam("adam_against_torch", answer, device, runs, judge, moments=False)
 
 
 def check_adam_against_torch(
@@ -766,23 +715,7 @@ def check_adam_against_torch(
     dtypes: Sequence[Any] = (torch.float64, torch.float32),
 ) -> None:
     """Random shapes and hyperparameters, ``steps`` updates each, against ``torch.optim.Adam``."""
-    made, device = _torch_cases(seed, cases, steps, dtypes, adamw=False), device_name(device)
-    runs = []
-    for case in made:  # one parameter in one group: its options as adam_update's keywords
-        hyper = dict(case.groups[0])
-        hyper["beta1"], hyper["beta2"] = hyper.pop("betas")
-        run = {"dtype": DTYPE_NAMES[case.dtype], "start": case.starts[0].tolist()}
-        runs.append({**run, "grads": [row[0].tolist() for row in case.grads], "hyper": hyper})
-
-    def judge(obs: Any) -> None:
-        recorded = _runs(obs, "adam_update", cases)
-        for index, case in enumerate(made):
-            stop = functools.partial(_update_stop, obs, case.shapes[0], case.dtype, device)
-            history = _steps(recorded, index, steps, stop)
-            case.check("adam_update", seed, index, device, history, stop)
-        end_of(obs, "adam_update")
-
-    _adam("adam_against_torch", adam_update, device, runs, False, judge)
+    _against_torch(adam_update, False, device, seed, cases, steps, dtypes)
 
 
 def check_adamw_against_torch(
@@ -796,16 +729,7 @@ def check_adamw_against_torch(
 ) -> None:
     """Random shapes, hyperparameters and parameter groups, the learning rate changed mid-run,
     some gradients ``None``: ``steps`` steps against ``torch.optim.AdamW``, after every step."""
-    made, device = _torch_cases(seed, cases, steps, dtypes, adamw=True), device_name(device)
-
-    def judge(obs: Any) -> None:
-        recorded = _runs(obs, "AdamW", cases)
-        for index, case in enumerate(made):
-            history = _steps(recorded, index, steps, _stop_adamw(obs))
-            case.check("AdamW", seed, index, device, history, _stop_adamw(obs))
-        end_of(obs, "AdamW", CALLS)
-
-    _adamw("adamw_against_torch", AdamW, device, [case.run() for case in made], judge)
+    _against_torch(AdamW, True, device, seed, cases, steps, dtypes)
 
 
 def check_effective_steps(
@@ -821,21 +745,33 @@ def check_effective_steps(
     settings = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
     cases = [(([float(g) for g in grads],), settings) for grads in sequences]
 
-    def judge_one(result: Any, call: str, args: Any, kwargs: Any) -> None:
-        grads, got = args[0], _numbers(result, "effective_steps")
-        if len(got) != len(grads):
+    def judge_one(result: Any, call: str, case: tuple) -> None:
+        grads, kind = case[0][0], result.get("kind") if isinstance(result, dict) else None
+        if kind == "Tensor":
+            got = values(result.get("data"), "the values", field(result, "shape", list), F64)
+            got = got.flatten().tolist()
+            count = len(got)
+        elif kind in ("list", "tuple"):
+            got, count = entries(result, "items", 100), field(result, "size", int)
+        else:
             raise GradingError(
-                f"effective_steps returned {len(got)} values for {len(grads)} gradients: one "
-                "per step"
+                "effective_steps should return a list or 1-d tensor of numbers, got "
+                f"{type_name(result)}"
             )
-        expected = torch_effective_steps(grads, lr=lr, betas=betas, eps=eps)
-        for t in range(len(grads)):
-            wrong = disagreement(got[t], expected[t].item(), rtol, 1e-12)
+        if count != len(grads):
+            raise GradingError(
+                f"effective_steps returned {count} values for {len(grads)} gradients: one per step"
+            )
+        if kind != "Tensor":
+            got = [number(x, f"effective_steps's value {k}") for k, x in enumerate(got)]
+        expected = torch_effective_steps(grads, lr=lr, betas=betas, eps=eps).tolist()
+        for t, (a, b) in enumerate(zip(got, expected, strict=True), start=1):
+            wrong = disagreement(a, b, rtol, 1e-12)
             if wrong:
                 shown = ", ".join(f"{x:g}" for x in grads[:6]) + ", ..." * (len(grads) > 6)
                 raise GradingError(
                     f"effective_steps([{shown}], lr={lr}, beta1={betas[0]}, beta2={betas[1]}, "
-                    f"eps={eps}): at step {t + 1} {wrong}. The effective step is "
+                    f"eps={eps}): at step {t} {wrong}. The effective step is "
                     "|theta_t - theta_(t-1)| / lr, from a fresh optimizer, gradients fed in "
                     "order."
                 )
@@ -843,29 +779,15 @@ def check_effective_steps(
     _calls("effective_steps", effective_steps, "effective_steps", cases, "optimizer", judge_one)
 
 
-def _numbers(desc: Any, name: str) -> list[float]:
-    """A list (or 1-d tensor) of numbers an answer returned."""
-    if isinstance(desc, dict) and desc.get("kind") == "Tensor":
-        shape = field(desc, "shape", list)
-        return values(desc.get("data"), "the values", shape, F64).flatten().tolist()
-    if not isinstance(desc, dict) or desc.get("kind") not in ("list", "tuple"):
-        raise GradingError(
-            f"{name} should return a list or 1-d tensor of numbers, got {type_name(desc)}"
-        )
-    items = entries(desc, "items", 100)
-    if field(desc, "size", int) != len(items):
-        return [0.0] * field(desc, "size", int)  # more values than recorded: the count is wrong
-    return [number(item, f"{name}'s value {k}") for k, item in enumerate(items)]
-
-
-def constructor_cases(seed: int | None) -> list[tuple[dict[str, Any], str]]:
-    """Out-of-range hyperparameters: (kwargs, what); ``seed=None``: the first of each list."""
+def check_adamw_constructor(AdamW: Any, *, seed: int | None = None) -> None:
+    """Defaults like torch's (one step made with them), and ``ValueError`` for
+    hyperparameters out of range (``seed=None``: the first value of each list)."""
     rng = random.Random(seed)
 
-    def pick(values_: list[float]) -> float:
-        return values_[0] if seed is None else rng.choice(values_)
+    def pick(options: list[float]) -> float:
+        return options[0] if seed is None else rng.choice(options)
 
-    bad = [
+    cases = [
         ({"lr": -pick([1e-3, 0.5, 2.0])}, "lr"),
         ({"eps": -pick([1e-8, 1e-3])}, "eps"),
         ({"betas": (pick([1.0, 1.5, -0.1]), 0.999)}, "betas[0]"),
@@ -873,31 +795,24 @@ def constructor_cases(seed: int | None) -> list[tuple[dict[str, Any], str]]:
         ({"weight_decay": -pick([1e-2, 0.3])}, "weight_decay"),
     ]
     if seed is not None:
-        rng.shuffle(bad)
-    return bad
-
-
-def check_adamw_constructor(AdamW: Any, *, seed: int | None = None) -> None:
-    """Defaults like torch's (one step made with them), and ``ValueError`` for
-    hyperparameters out of range."""
-    cases = constructor_cases(seed)
+        rng.shuffle(cases)
     one = {"dtype": "float32", "params": [[0.0, 0.0]]}
     runs = [{**one, "kwargs": {}, "defaults": True, "steps": [{"grads": [[1.0, 1.0]]}]}]
     runs += [{**one, "kwargs": kwargs, "steps": []} for kwargs, _ in cases]
 
-    def judge(obs: Any) -> None:
-        recorded = _runs(obs, "AdamW", len(runs))
-        if len(_steps(recorded, 0, 1, _stop_adamw(obs))) < 1:
-            stopped(obs, "AdamW", CALLS)
+    def judge(obs: dict, stop: Callable) -> None:
+        recorded = entries(obs, "runs", len(runs))
+        if not recorded or not _steps(recorded[0], 1):
+            stop()
         defaults = field(recorded[0], "defaults").get("items")
         expected = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
         for key, value in expected.items():
-            if not isinstance(defaults, dict) or not isinstance(defaults.get(key), dict):
+            got = defaults.get(key) if isinstance(defaults, dict) else None
+            if not isinstance(got, dict):
                 raise GradingError(
                     f"param_groups[0] has no {key!r}: pass the hyperparameters as the defaults "
                     "dict to torch.optim.Optimizer.__init__(params, defaults)"
                 )
-            got = defaults[key]
             if key == "betas":
                 items = got.get("items") if got.get("kind") in ("tuple", "list") else None
                 same = isinstance(items, list) and [
@@ -910,10 +825,8 @@ def check_adamw_constructor(AdamW: Any, *, seed: int | None = None) -> None:
                     f"the default {key} should be {value} (as torch.optim.AdamW), got "
                     f"{text(got.get('repr'))}"
                 )
-        for index, (kwargs, what) in enumerate(cases, start=1):
-            if index >= len(recorded):
-                stopped(obs, "AdamW", CALLS)
-            error = field({"run": recorded[index]}, "run").get("error")
+        for run, (kwargs, what) in until_stop(recorded[1:], cases, stop):
+            error = field({"run": run}, "run").get("error")
             call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
             if error is None:
                 raise GradingError(
@@ -925,9 +838,8 @@ def check_adamw_constructor(AdamW: Any, *, seed: int | None = None) -> None:
                     f"AdamW([p], {call}) raised {text(error.get('text'))}; an invalid {what} "
                     "should raise ValueError"
                 )
-        end_of(obs, "AdamW", CALLS)
 
-    _adamw("adamw_constructor", AdamW, "cpu", runs, judge)
+    _adam("adamw_constructor", AdamW, "cpu", runs, judge)
 
 
 def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int = 0) -> None:
@@ -942,16 +854,15 @@ def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int =
         "kwargs": {"lr": lr, "weight_decay": 0.0}, "steps": [{}] * steps, "state": True,
     }  # fmt: skip # the fields grouped by meaning, not one a line
 
-    def judge(obs: Any) -> None:
-        recorded = _runs(obs, "AdamW", 1)
-        if len(_steps(recorded, 0, steps, _stop_adamw(obs))) < steps:
-            stopped(obs, "AdamW", CALLS)
-        recorded = recorded[0]
-        closures = entries(recorded, "closure", steps)
+    def judge(obs: dict, stop: Callable) -> None:
+        recorded = entries(obs, "runs", 1)
+        if not recorded or len(_steps(recorded[0], steps)) < steps:
+            stop()
+        closures = entries(recorded[0], "closure", steps)
         b = start.clone().requires_grad_(True)
         reference = torch.optim.AdamW([b], lr=lr, weight_decay=0.0)
         for t in range(steps):
-            entry = field({"c": closures[t] if t < len(closures) else None}, "c")
+            entry = closures[t]  # an IndexError (malformed) when fewer were recorded
             if field(entry, "calls", int) == 0:
                 raise GradingError(
                     "AdamW.step(closure) did not call the closure: call it under "
@@ -966,7 +877,7 @@ def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int =
             reference.zero_grad()
             ((b - target) ** 2).sum().backward()
             reference.step()
-        state, frozen = (field({"s": s}, "s") for s in entries(recorded, "state", 2))
+        state, frozen = (field({"s": s}, "s") for s in entries(recorded[0], "state", 2))
         items = field(state, "items") if state.get("size") else {}
         if not items:
             raise GradingError(
@@ -975,8 +886,7 @@ def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int =
         if not {"step", "exp_avg", "exp_avg_sq"} <= set(items):
             raise GradingError(
                 f"AdamW.state[p] has keys {[k[:100] for k in sorted(items)]}; it should use "
-                "torch's: 'step', "
-                "'exp_avg', 'exp_avg_sq'"
+                "torch's: 'step', 'exp_avg', 'exp_avg_sq'"
             )
         if number(items["step"], "state['step']") != steps:
             raise GradingError(
@@ -985,19 +895,17 @@ def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int =
             )
         for key in ("exp_avg", "exp_avg_sq"):
             what = f"state[p][{key!r}]"
-            value = tensor(items[key], what, (4,), F64, _like_device(device))
-            ref = reference.state[b][key]
-            where = first_mismatch(value, ref, RTOL[F64])
-            if where is not None:
+            value = tensor(items[key], what, (4,), F64, device)
+            wrong = mismatch(value, reference.state[b][key], RTOL[F64])
+            if wrong is not None:
                 raise GradingError(
                     f"after {steps} steps with a closure, {what} differs from torch.optim.AdamW's: "
-                    f"{describe_mismatch(value, ref, where, RTOL[F64])}"
+                    f"{wrong}"
                 )
         if frozen.get("size"):
             raise GradingError("a parameter whose .grad is None got state: skip it in step()")
-        end_of(obs, "AdamW", CALLS)
 
-    _adamw("adamw_state_and_closure", AdamW, device, [run], judge)
+    _adam("adamw_state_and_closure", AdamW, device, [run], judge)
 
 
 # --------------------------------------------------------------------------------------
@@ -1007,40 +915,63 @@ def check_adamw_state_and_closure(AdamW: Any, *, device: Any = None, seed: int =
 
 
 def _calls(
-    check: str, function: Any, name: str, cases: Sequence[Case], kind: str, judge_one: Callable
+    check: str, function: Any, name: str, cases: Sequence[tuple], kind: str, judge_one: Callable
 ) -> None:
+    """Protocol `calls` on ``cases`` (positional and keyword arguments, then what the check
+    needs): ``judge_one(result, "name(arguments)", case)`` on each result."""
     calls = [[list(case[0]), dict(case[1])] for case in cases]
 
-    def judge(obs: Any) -> None:
-        refuse_delegation(obs, name)
-        results = entries(obs, "results", len(cases))
-        for index, case in enumerate(cases):
-            if index >= len(results):
-                stopped(obs, name)
-            judge_one(results[index], format_call(name, case[1], case[0]), *case)
-        end_of(obs, name)
+    def judge(obs: dict, stop: Callable) -> None:
+        for result, case in until_stop(entries(obs, "results", len(cases)), cases, stop):
+            shown = [repr(a) for a in case[0]] + [f"{k}={v!r}" for k, v in case[1].items()]
+            judge_one(result, f"{name}({', '.join(shown)})", case)
 
-    run_check(check, "calls", function, {"kind": kind, "calls": calls}, judge, name=name, kind=kind)
+    _check(check, "calls", function, {"kind": kind, "calls": calls}, judge, name)
+
+
+def _numbers(desc: Any, name: str, call: str, keys: Sequence[str] | None, total: Any, tol: tuple):
+    """A result's numbers by key: ``{None: number}``, or with ``keys`` a dict's numbers (exactly
+    those keys, ``total`` the sum of the others, within ``tol`` = (rtol, atol))."""
+    if keys is None:
+        return {None: number(desc, f"{name}'s result")}
+    shown = text(field({"r": desc}, "r").get("repr"))
+    items = desc.get("items") if desc.get("kind") == "dict" else None
+    if not isinstance(items, dict) or set(items) != set(keys) or desc.get("size") != len(keys):
+        raise GradingError(f"{call} should return a dict with keys {', '.join(keys)}; got {shown}")
+    numbers = {k: number(items[k], f"{call}[{k!r}]") for k in keys}
+    others = [k for k in keys if k != total]
+    if total is not None and disagreement(numbers[total], sum(numbers[k] for k in others), *tol):
+        raise GradingError(f"{call}: {total} should be {' + '.join(others)}, got {shown}")
+    return numbers
+
+
+def _wrong(call: str, key: str | None, wrong: str, advice: str = "") -> GradingError:
+    at = "" if key is None else f"[{key!r}]"
+    return GradingError(f"{call}{at}: {wrong}. {advice}".rstrip())
 
 
 def check_values(
     function: Any,
     name: str,
-    cases: Sequence[tuple[Sequence[Any], dict[str, Any], float, str]],
+    cases: Sequence[tuple[Sequence[Any], dict[str, Any], Any, str]],
     *,
+    keys: Sequence[str] | None = None,
+    total: str | None = None,
     kind: str = "course_lib",
     rtol: float = FLOAT_RTOL,
     atol: float = 0.0,
 ) -> None:
     """``cases``: (positional args, keyword args, expected value, hint when wrong); an ``int``
-    expected is compared exactly."""
+    expected is compared exactly. With ``keys`` the function returns a dict of numbers with
+    exactly those keys (``total``, when given, the sum of the others), and ``expected`` is a
+    dict of the values to compare."""
 
-    def judge_one(
-        result: Any, call: str, args: Any, kwargs: Any, expected: Any, hint_: str
-    ) -> None:
-        wrong = disagreement(number(result, f"{name}'s result"), expected, rtol, atol)
-        if wrong:
-            raise GradingError(f"{call}: {wrong}. {hint_}".rstrip())
+    def judge_one(result: Any, call: str, case: tuple) -> None:
+        got = _numbers(result, name, call, keys, total, (rtol, atol))
+        for key, want in (case[2] if keys else {None: case[2]}).items():
+            wrong = disagreement(got[key], want, rtol, atol)
+            if wrong:
+                raise _wrong(call, key, wrong, case[3])
 
     _calls("values", function, name, cases, kind, judge_one)
 
@@ -1051,29 +982,41 @@ def check_against_reference(
     name: str,
     cases: Sequence[Case],
     *,
+    keys: Sequence[str] | None = None,
     kind: str = "course_lib",
     rtol: float = FLOAT_RTOL,
     atol: float = 0.0,
+    unit: str = "",
     mistakes: dict[str, Callable] | None = None,
+    hints: Callable[..., str] | None = None,
 ) -> None:
     """``function(*args, **kwargs)`` equals ``reference(...)`` on every case (exactly, where
-    the reference returns an ``int``); when it does not, name the first of ``mistakes``
-    (description -> function) that gives the same value."""
+    the reference gives an ``int``: byte counts); with ``keys``, both return dicts of numbers
+    compared key by key. When a value differs: the first of ``mistakes`` (description ->
+    function like the reference) that gives the same value is named, or ``hints(key, *args,
+    **kwargs)`` says what to look at (``key`` None without ``keys``)."""
 
-    def judge_one(result: Any, call: str, args: Any, kwargs: Any) -> None:
-        got = number(result, f"{name}'s result")
-        wrong = disagreement(got, reference(*args, **kwargs), rtol, atol)
-        if wrong is None:
-            return
-        for description, mistake in (mistakes or {}).items():
-            try:
-                if disagreement(got, mistake(*args, **kwargs), 1e-9, 1e-15) is None:
-                    raise GradingError(f"{call}: {wrong}. Likely mistake: {description}")
-            except GradingError:
-                raise
-            except Exception:  # a mistake model that does not apply to these inputs
+    def judge_one(result: Any, call: str, case: tuple) -> None:
+        args, kwargs = case
+        got, want = (
+            _numbers(result, name, call, keys, None, (rtol, atol)),
+            reference(*args, **kwargs),
+        )
+        for key in got:
+            wrong = disagreement(got[key], want if keys is None else want[key], rtol, atol, unit)
+            if wrong is None:
                 continue
-        raise GradingError(f"{call}: {wrong}.")
+            for description, mistake in (mistakes or {}).items():
+                try:
+                    value = mistake(*args, **kwargs)
+                    same = disagreement(
+                        got[key], value if keys is None else value[key], 1e-9, 1e-15
+                    )
+                except Exception:  # a mistake model that does not apply to these inputs
+                    continue
+                if same is None:
+                    raise _wrong(call, key, wrong, f"Likely mistake: {description}")
+            raise _wrong(call, key, wrong, hints(key, *args, **kwargs) if hints else "")
 
     _calls("against_reference", function, name, cases, kind, judge_one)
 
@@ -1090,86 +1033,12 @@ def check_predicate(
     """``predicate(function(*args, **kwargs))`` holds on every case (a property, without the
     answer): when it does not, ``"name(args) = got: message"``."""
 
-    def judge_one(result: Any, call: str, *case: Any) -> None:
+    def judge_one(result: Any, call: str, case: tuple) -> None:
         got = number(result, f"{name}'s result")
         if not predicate(got):
             raise GradingError(f"{call} = {got:.10g}: {message}")
 
     _calls("predicate", function, name, cases, kind, judge_one)
-
-
-def _dict_result(
-    desc: Any, call: str, keys: Sequence[str], total: str | None, rtol: float, atol: float
-) -> dict:
-    """The numbers of a dict result: exactly ``keys``, and ``total`` the sum of the rest."""
-    shown = text(field({"r": desc}, "r").get("repr"))
-    items = desc.get("items") if desc.get("kind") == "dict" else None
-    if not isinstance(items, dict) or set(items) != set(keys) or desc.get("size") != len(keys):
-        raise GradingError(f"{call} should return a dict with keys {', '.join(keys)}; got {shown}")
-    numbers = {k: number(items[k], f"{call}[{k!r}]") for k in keys}
-    if total is not None:
-        others = [k for k in keys if k != total]
-        if disagreement(numbers[total], sum(numbers[k] for k in others), rtol, atol):
-            raise GradingError(f"{call}: {total} should be {' + '.join(others)}, got {shown}")
-    return numbers
-
-
-def check_dict_values(
-    function: Any,
-    name: str,
-    cases: Sequence[tuple[Sequence[Any], dict[str, Any], dict[str, float], str]],
-    *,
-    keys: Sequence[str],
-    total: str | None = None,
-    kind: str = "course_lib",
-    rtol: float = FLOAT_RTOL,
-    atol: float = 0.0,
-) -> None:
-    """A function that returns a dict of numbers: exactly ``keys``, ``total`` (when given) the
-    sum of the others, and the values each case's ``expected`` dict names (an ``int``
-    compared exactly). ``cases``: (positional args, keyword args, expected, hint)."""
-
-    def judge_one(
-        result: Any, call: str, args: Any, kwargs: Any, expected: Any, hint_: str
-    ) -> None:
-        numbers = _dict_result(result, call, keys, total, rtol, atol)
-        for key, want in (expected or {}).items():
-            wrong = disagreement(numbers[key], want, rtol, atol)
-            if wrong:
-                raise GradingError(f"{call}[{key!r}]: {wrong}. {hint_}".rstrip())
-
-    _calls("dict_values", function, name, cases, kind, judge_one)
-
-
-def check_dict_against_reference(
-    function: Any,
-    reference: Callable[..., dict[str, Any]],
-    name: str,
-    cases: Sequence[Case],
-    *,
-    keys: Sequence[str],
-    kind: str = "course_lib",
-    rtol: float = FLOAT_RTOL,
-    atol: float = 0.0,
-    unit: str = "",
-    hints: Callable[..., str] | None = None,
-) -> None:
-    """Every ``function(*args, **kwargs)[key]`` equals ``reference(...)[key]`` (exactly, where
-    the reference's value is an ``int``: byte counts); ``hints(key, *args, **kwargs)`` says
-    what to look at when one differs."""
-
-    def judge_one(result: Any, call: str, args: Any, kwargs: Any) -> None:
-        numbers, want = (
-            _dict_result(result, call, keys, None, rtol, atol),
-            reference(*args, **kwargs),
-        )
-        for key in keys:
-            wrong = disagreement(numbers[key], want[key], rtol, atol, unit)
-            if wrong:
-                hint_ = hints(key, *args, **kwargs) if hints else ""
-                raise GradingError(f"{call}[{key!r}]: {wrong}. {hint_}".rstrip())
-
-    _calls("dict_against_reference", function, name, cases, kind, judge_one)
 
 
 # --------------------------------------------------------------------------------------
@@ -1178,11 +1047,10 @@ def check_dict_against_reference(
 
 
 def _value(check: str, answer: Any, name: str, judge_value: Callable[[dict, Any], None]) -> None:
-    def judge(obs: Any) -> None:
+    def judge(obs: dict, stop: Callable) -> None:
         judge_value(field(obs, "value"), obs)
-        end_of(obs, name)
 
-    run_check(check, "value", answer, {"name": name}, judge, name=name, kind=None)
+    _check(check, "value", answer, {"name": name}, judge, name)
 
 
 def check_number(
@@ -1200,11 +1068,9 @@ def check_number(
     def judge(desc: dict, obs: Any) -> None:
         wrong = disagreement(number(desc, name), expected, rtol, atol)
         if wrong:
-            shown = text(desc.get("repr"))
+            shown, template = text(desc.get("repr")), message or "{name} = {got}: {wrong}"
             raise GradingError(
-                message.format(name=name, got=shown, expected=expected)
-                if message
-                else f"{name} = {shown}: {wrong}"
+                template.format(name=name, got=shown, expected=expected, wrong=wrong)
             )
 
     _value("number", value, name, judge)

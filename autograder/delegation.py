@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from autograder.common import GradingError, describe_exception
+from autograder.common import GradingError
 
 _GRADING = Path(__file__).resolve().parent
 # The checks' own code that an answer calls back while it runs (a closure handed to step())
@@ -295,24 +295,16 @@ def _warm_up() -> None:
     torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {"lr": 0.0})
 
 
-@dataclasses.dataclass
-class Outcome:
-    """One call of the answer: its result or exception, and the forbidden code it ran."""
-
-    result: Any = None
-    error: str | None = None  # "ValueError: message"
-    exception: BaseException | None = None
-    hits: list[str] = dataclasses.field(default_factory=list)
-
-
-def call_watched(function: Callable[..., Any], *args: Any, kind: str, **kwargs: Any) -> Outcome:
+def call_watched(
+    function: Callable[..., Any], *args: Any, kind: str, **kwargs: Any
+) -> tuple[Any, Exception | None, list[str]]:
+    """``function(*args, **kwargs)`` under the watch: (result, exception, forbidden calls)."""
     if kind == "optimizer":
         _warm_up()
-    outcome = Outcome()
+    result = exception = None
     with Watch(forbidden(kind)) as watch:
         try:
-            outcome.result = function(*args, **kwargs)
+            result = function(*args, **kwargs)
         except Exception as exc:
-            outcome.exception, outcome.error = exc, describe_exception(exc)
-    outcome.hits = list(dict.fromkeys(watch.hits))
-    return outcome
+            exception = exc
+    return result, exception, list(dict.fromkeys(watch.hits))

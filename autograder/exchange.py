@@ -20,23 +20,18 @@ class ReleaseFeedback(ExchangeReleaseFeedback):
     """
 
     def copy_files(self) -> None:
-        pattern = self.coursedir.format_path(
-            self.coursedir.feedback_directory, "*", self.coursedir.assignment_id
-        )
-        skipped = []
+        coursedir = self.coursedir
+        pattern = coursedir.format_path(coursedir.feedback_directory, "*", coursedir.assignment_id)
+        skipped = [s for s in coursedir.student_id_exclude.split(",") if s]
         for folder in sorted(glob.glob(pattern)):
             needed = ("timestamp.txt", "submission_secret.txt")
-            if all(os.path.isfile(os.path.join(folder, name)) for name in needed):
-                continue
-            student = os.path.basename(os.path.dirname(folder))
-            skipped.append(student)
-            self.log.warning(
-                "Not releasing feedback for '%s': the submission did not come through the "
-                "exchange (no timestamp.txt / submission_secret.txt); hand out %s yourself",
-                student,
-                folder,
-            )
-        if skipped:
-            excluded = [s for s in self.coursedir.student_id_exclude.split(",") if s]
-            self.coursedir.student_id_exclude = ",".join(excluded + skipped)
+            if not all(os.path.isfile(os.path.join(folder, name)) for name in needed):
+                student = os.path.basename(os.path.dirname(folder))
+                skipped.append(student)
+                self.log.warning(
+                    f"Not releasing feedback for '{student}': the submission did not come through"
+                    " the exchange (no timestamp.txt / submission_secret.txt); hand out "
+                    f"{folder} yourself"
+                )
+        coursedir.student_id_exclude = ",".join(skipped)
         super().copy_files()

@@ -1,6 +1,4 @@
-"""Grade every submission of an assignment: sandboxed, in parallel, crash-safe.
-
-    course-grade ASSIGNMENT [--workers N] [--student ID ...] [--force]
+"""``course-grade``: every submission of an assignment graded, sandboxed, in parallel, crash-safe.
 
 Stages, one module each: read and assemble (:mod:`.submission`), run in the sandbox
 (:mod:`.run`), judge here (below), feedback (:mod:`.feedback`). Any failure in any stage is
@@ -12,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import io
 import multiprocessing
@@ -24,22 +23,18 @@ import tempfile
 import textwrap
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from autograder import gradebook, grading, run, sandbox
-from autograder.assignment import (
-    Assignment,
-    GradingRefused,
-    SourceCell,
-    host_tests,
-    load_assignment,
-)
-from autograder.feedback import Scrubber, feedback_html, feedback_notebook
-from autograder.gradebook import Outcome, atomic_write, open_gradebook
-from autograder.submission import Unreadable, assemble, read_submission
+from autograder.assignment import Assignment, GradingRefused, host_tests, load_assignment
+from autograder.feedback import feedback_html, feedback_notebook, scrubber
+from autograder.gradebook import Outcome, already_graded, atomic_write, open_gradebook
+from autograder.submission import Item, Unreadable, assemble, read_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
@@ -57,88 +52,94 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
-def zero(assignment: Assignment, student: str, status: str, reason: str, **more: Any) -> Outcome:
+def zero(assignment: Assignment, student: str, status: str, reason: str, *more: Any) -> Outcome:
+    """A 0 for every test, and why; ``more``: the seconds it took and the fingerprint."""
     scores = {t.grade_id: 0.0 for t in assignment.tests}
-    return Outcome(student, status, scores, {}, [], printable(reason[:2000]), **more)
+    return Outcome(student, status, scores, {}, [], printable(reason[:2000]), *more)
 
 
 def judge_tests(
-    assignment: Assignment, items: list[dict], runs: run.Run, sources: list[str]
-) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
-    """The test cells' own code, run here in judge mode on the recorded observations:
-    (scores, messages, printed output) by grade_id."""
+    assignment: Assignment, items: list[Item], runs: run.Run
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The test cells' own code, run here in judge mode on the recorded observations: the
+    scores, and what each test cell shows (its printed output, score and message)."""
+    sources = [i.source for i in items if i.origin == "student"]  # what ran
     refs = {n: grading.AnswerRef(n, sources) for ns in assignment.answers.values() for n in ns}
-    by_id = {c.grade_id: c for c in assignment.cells}
-    extra = SourceCell(-1, "code", None, "extra", "", "", 0.0)  # a student's extra cell
-    order = [by_id.get(item["grade_id"], extra) if item["grade_id"] else extra for item in items]
-    scores, messages, outputs = {}, {}, {}
-    walk = host_tests(assignment.name, order, assignment.answers, refs.__getitem__)
-    for index, cell, namespace in walk:
-        code = compile(cell.source, f"<{assignment.name}:{cell.grade_id}>", "exec")
+    by_id = {c.grade_id: c for c in assignment.cells if c.grade_id}
+    known = [(i, by_id[item.grade_id]) for i, item in enumerate(items) if item.grade_id in by_id]
+    scores, shown = {}, {}
+    walk = host_tests(assignment.name, [c for _, c in known], assignment.answers, refs.__getitem__)
+    for position, cell, namespace in walk:
+        index, gid = known[position][0], cell.grade_id  # index: its place among the cells run
+        code = compile(cell.source, f"<{assignment.name}:{gid}>", "exec")
         entries = runs.records.get(index, {}).get("entries")
-        buffer = io.StringIO()
-        scores[cell.grade_id], messages[cell.grade_id] = 0.0, ""
+        buffer, message = io.StringIO(), ""
+        scores[gid] = 0.0
         try:
             if not isinstance(entries, list):
-                with grading.planning(), contextlib.redirect_stdout(buffer):
+                with grading.planning(), contextlib.redirect_stdout(io.StringIO()):
                     exec(code, namespace)  # keeps the namespace as the notebook builds it
                 ended = runs.ended or "unknown"
-                messages[cell.grade_id] = (
-                    f"not run: your notebook did not reach this test ({ended})"
-                )
-                continue
-            with grading.judging(e for e in entries if isinstance(e, dict)):
-                with contextlib.redirect_stdout(buffer):
-                    exec(code, namespace)
-            scores[cell.grade_id] = cell.points
+                message = f"not run: your notebook did not reach this test ({ended})"
+            else:
+                with grading.judging(e for e in entries if isinstance(e, dict)):
+                    with contextlib.redirect_stdout(buffer):
+                        exec(code, namespace)
+                scores[gid] = cell.points
         except Exception as error:
             text = str(error) or type(error).__name__
             is_check = isinstance(error, AssertionError)
-            messages[cell.grade_id] = text if is_check else f"{type(error).__name__}: {text}"
-        outputs[cell.grade_id] = buffer.getvalue()
-    return scores, messages, outputs
+            message = text if is_check else f"{type(error).__name__}: {text}"
+        verdict = f"{scores[gid]:g} / {cell.points:g} points" + (f": {message}" if message else "")
+        shown[gid] = (buffer.getvalue() + verdict).strip()
+    return scores, shown
 
 
-def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> tuple[Outcome, str]:
-    """One submission: the outcome and the feedback notebook (JSON text). Raises nothing."""
-    start = time.monotonic()
-    folder = worker["root"] / "autograder" / "submitted" / student / assignment.name
-    scrub = Scrubber(worker["root"])
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(uids: Any, sandboxing: dict[str, Any]) -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the main process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    import torch
+
+    torch.set_num_threads(1)
+    from autograder import checks  # noqa: F401 -- imported once, before the first task
+
+    feedback_html(nbformat.v4.new_notebook())  # warm
+    _WORKER.update(sandboxing, uid=uids.get())
+
+
+def _work(assignment: Assignment, student: str) -> Outcome:
+    """One submission, in a worker: graded, its feedback and graded notebook written. A failure
+    in any stage is its 0 with a reason naming the stage, not an exception."""
+    start, scrub = time.monotonic(), scrubber(assignment.root)
+    submitted = assignment.folder("submitted", student)
     stage, fingerprint = "reading", ""
     try:
-        fingerprint = gradebook.folder_fingerprint(folder, assignment)
-        submission = read_submission(folder, assignment)
+        fingerprint = gradebook.folder_fingerprint(assignment, student)
+        cells, notes = read_submission(submitted, assignment)
         stage = "assembling"
-        items, notes = assemble(assignment, submission)
+        items, changes = assemble(assignment, cells)
         stage = "running"
         cells = [
-            {"kind": "test", "requests": assignment.plans[i["grade_id"]]}
-            if i["kind"] == "test"
-            else {"kind": i["kind"], "source": i["source"]}
+            {"kind": "test", "requests": assignment.plans[i.grade_id]}
+            if i.kind == "test"
+            else {"kind": i.kind, "source": i.source}
             for i in items
         ]
-        runs = run.run_cells(
-            cells, [i["label"] for i in items], data=folder, prepared=worker["prepared"],
-            limits=worker["limits"], uid=worker["uid"], allow_unsafe=worker["allow_unsafe"],
-            scrub=scrub,
-        )  # fmt: skip # the arguments grouped by meaning, not one a line
+        labels = [i.label for i in items]  # what was running, when a run ends early
+        runs = run.run_cells(cells, labels, data=submitted, scrub=scrub, **_WORKER)
         stage = "judging"
-        sources = [i["source"] for i in items if i["origin"] == "student"]  # what ran
-        scores, messages, outputs = judge_tests(assignment, items, runs, sources)
-        notes = [printable(scrub(n)) for n in submission.notes + notes + runs.notes]
+        scores, shown = judge_tests(assignment, items, runs)
+        notes = [printable(scrub(n)) for n in notes + changes + runs.notes]
+        ended = runs.ended and printable(scrub(runs.ended))
+        seconds = time.monotonic() - start
         outcome = Outcome(
-            student, "graded", scores, {k: scrub(v) for k, v in messages.items()}, notes,
-            runs.ended and printable(runs.ended), time.monotonic() - start, fingerprint,
-            runs.warning,
-        )  # fmt: skip # the fields in the dataclass's order
+            student, "graded", scores, shown, notes, ended, seconds, fingerprint, runs.warning
+        )
         stage = "writing the feedback of"
-        cell_outputs = {}
-        for index, rec in runs.records.items():
-            if rec.get("type") == "cell":
-                parts = [rec.get(k) for k in ("stdout", "stderr", "error")]
-                cell_outputs[index] = scrub("\n".join(p for p in parts if isinstance(p, str) and p))
-        outputs = {k: scrub(v) for k, v in outputs.items()}
-        return outcome, feedback_notebook(assignment, outcome, items, cell_outputs, outputs)
+        notebook = feedback_notebook(assignment, outcome, items, runs.records, scrub)
     except Exception as error:
         if isinstance(error, (Unreadable, OSError)) and stage == "reading":
             status, reason = "unreadable", scrub(str(error))
@@ -146,150 +147,99 @@ def grade_one(assignment: Assignment, student: str, worker: dict[str, Any]) -> t
             status = "failed"
             where = "".join(traceback.format_exception_only(type(error), error)).strip()
             reason = scrub(f"the grader failed while {stage} {student}'s submission: {where}")
-        seconds = time.monotonic() - start
-        outcome = zero(
-            assignment, student, status, reason, seconds=seconds, fingerprint=fingerprint
-        )
-        return outcome, feedback_notebook(assignment, outcome, [], {}, {})
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(uids: Any, settings: dict[str, Any]) -> None:
-    try:  # die with the main process, even when it is SIGKILLed
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    os.environ["COURSE_DEVICE"] = "cpu"
-    import torch
-
-    torch.set_num_threads(1)
-    from autograder import checks  # noqa: F401 -- imported once, before the first task
-
-    feedback_html('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')  # warm
-    _WORKER.update(settings, uid=uids.get())
-
-
-def _work(assignment: Assignment, student: str) -> Outcome:
-    outcome, notebook = grade_one(assignment, student, _WORKER)
-    root, name = _WORKER["root"], assignment.name
+        outcome = zero(assignment, student, status, reason, time.monotonic() - start, fingerprint)
+        notebook = feedback_notebook(assignment, outcome, [], {}, scrub)
     try:
         page = feedback_html(notebook)
     except Exception as error:  # the page of one submission must not stop the batch
         page = f"<p>The feedback page could not be made ({type(error).__name__}).</p>"
         outcome.notes.append(f"the feedback page could not be made ({type(error).__name__})")
-    feedback = root / "autograder" / "feedback" / student / name
+    feedback, name = assignment.folder("feedback", student), assignment.name
     atomic_write(feedback / f"{name}.html", page)
-    atomic_write(root / "autograder" / "autograded" / student / name / f"{name}.ipynb", notebook)
+    graded = assignment.folder("autograded", student) / f"{name}.ipynb"
+    atomic_write(graded, nbformat.writes(notebook))
     for file in EXCHANGE_FILES:
-        given = root / "autograder" / "submitted" / student / name / file
-        if (
-            given.is_file()
-            and not given.is_symlink()
-            and given.stat().st_size <= gradebook.MAX_STAMP_BYTES
-        ):
-            shutil.copyfile(given, feedback / file)
+        if gradebook.stamp(submitted, file):
+            shutil.copyfile(submitted / file, feedback / file)
     return outcome
-
-
-def _ready() -> None:
-    """A first task per worker, so that they start while the main process prepares."""
 
 
 class _Pool:
     """Spawned worker processes (no state copied from this one), each with its own uid."""
 
-    def __init__(self, workers: int, settings: dict[str, Any]) -> None:
-        self.workers, self.settings = workers, settings
-        self.context = multiprocessing.get_context("spawn")
-        self.executor = self._start()
+    def __init__(self, workers: int, sandboxing: dict[str, Any]) -> None:
+        self.workers, self.sandboxing = workers, sandboxing
+        self.start()
 
-    def _start(self) -> ProcessPoolExecutor:
-        uids = self.context.Queue()
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        uids = context.Queue()
         for i in range(self.workers):
             uids.put(UID_BASE + 64 * (os.getpid() % 4096) + i)
-        executor = ProcessPoolExecutor(
-            self.workers, self.context, initializer=_init_worker, initargs=(uids, self.settings)
-        )
-        for _ in range(self.workers):
-            executor.submit(_ready)
-        return executor
+        args = (uids, self.sandboxing)
+        self.executor = ProcessPoolExecutor(self.workers, context, _init_worker, args)
+        for _ in range(self.workers):  # a first task each: they start while this one prepares
+            self.executor.submit(os.getpid)
 
     def grade(self, assignment: Assignment, todo: list[str]) -> dict[str, Outcome]:
+        """Each submission in ``todo`` graded and recorded, as its worker finishes it."""
         from tqdm import tqdm
 
         outcomes: dict[str, Outcome] = {}
         pending, serial = list(todo), False
         bar = tqdm(total=len(todo), unit="submission", file=sys.stderr, dynamic_ncols=True)
-        with bar, open_gradebook(self.settings["root"]) as gb:
+
+        def finish(outcome: Outcome) -> None:
+            gradebook.record(assignment, outcome, gb)
+            outcomes[outcome.student] = outcome
+            pending.remove(outcome.student)
+            score = f"{sum(outcome.scores.values()):g}/{assignment.max_score:g}"
+            bar.set_postfix_str(f"{outcome.student}: {score}", refresh=False)
+            bar.update()
+
+        with bar, open_gradebook(assignment.root) as gb:
             while pending:
                 batch = pending[:1] if serial else pending
                 futures = {self.executor.submit(_work, assignment, s): s for s in batch}
-                remaining, broken = set(futures), False
-                while remaining:
-                    finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        student = futures[future]
-                        try:
-                            outcome = future.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            continue
-                        except Exception as error:  # a worker's own failure: this student's
-                            why = f"{type(error).__name__}: {str(error)[:500]}"
-                            reason = f"the grader failed on {student}'s submission: {why}"
-                            outcome = zero(assignment, student, "failed", reason)
-                        self._record(assignment, outcome, gb)
-                        outcomes[student] = outcome
-                        pending.remove(student)
-                        score = f"{sum(outcome.scores.values()):g}/{assignment.max_score:g}"
-                        bar.set_postfix_str(f"{student}: {score}", refresh=False)
-                        bar.update()
-                if broken:  # a grader process died (not a sandbox): start new ones
+                broken = False
+                for future in as_completed(futures):
+                    student = futures[future]
+                    try:
+                        finish(future.result())
+                    except BrokenProcessPool:  # a grader process died (not a sandbox)
+                        broken = True
+                        if len(futures) == 1:  # graded alone, it killed its worker: its own 0
+                            reason = (
+                                f"the grader's worker process died while grading {student}'s "
+                                "submission (out of memory?); it was not graded"
+                            )
+                            finish(zero(assignment, student, "failed", reason))
+                    except Exception as error:  # a worker's own failure: this student's
+                        why = f"{type(error).__name__}: {str(error)[:500]}"
+                        reason = f"the grader failed on {student}'s submission: {why}"
+                        finish(zero(assignment, student, "failed", reason))
+                if broken:  # start new workers, and grade one at a time to find a culprit
                     bar.write(f"a grading worker died; restarting for {len(pending)} submission(s)")
-                    self.executor.shutdown(wait=True, cancel_futures=True)
-                    self.executor = self._start()
-                    if len(futures) == 1:  # graded alone, it killed its worker: its own zero
-                        student = pending.pop(0)
-                        reason = (
-                            f"the grader's worker process died while grading {student}'s "
-                            "submission (out of memory?); it was not graded"
-                        )
-                        outcomes[student] = zero(assignment, student, "failed", reason)
-                        self._record(assignment, outcomes[student], gb)
-                        bar.update()
-                    serial = True  # from now on one at a time, so that a culprit is found
+                    self.close()
+                    self.start()
+                    serial = True
         return outcomes
-
-    def _record(self, assignment: Assignment, outcome: Outcome, gb: Any) -> None:
-        try:
-            gradebook.record(self.settings["root"], assignment, outcome, gb)
-        except Exception as error:
-            gb.db.rollback()
-            outcome.status = "failed"
-            outcome.reason = f"could not be recorded: {type(error).__name__}: {error}"
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def discover(
-    root: Path, assignment: Assignment, only: list[str] | None
-) -> tuple[list[str], list[str]]:
-    """The students with a submission folder (valid ids), and the folders that are none."""
-    base = root / "autograder" / "submitted"
+def discover(assignment: Assignment, only: list[str] | None) -> list[str]:
+    """The students with a submission folder (valid ids; the other folders are named)."""
+    base = assignment.root / "autograder" / "submitted"
     folders = [f.name for f in sorted(base.glob("*")) if (f / assignment.name).is_dir()]
     students = [name for name in folders if STUDENT_ID.match(name)]
-    if only:
-        unknown = sorted(set(only) - set(students))
-        if unknown:
-            raise GradingRefused(f"no submission of {assignment.name} for: {', '.join(unknown)}")
-        students = [s for s in students if s in only]
-    return students, [name for name in folders if not STUDENT_ID.match(name)]
+    for name in sorted(set(folders) - set(students)):
+        print(f"skipped folder {name!r}: not a valid student id")
+    unknown = sorted(set(only or []) - set(students))
+    if unknown:
+        raise GradingRefused(f"no submission of {assignment.name} for: {', '.join(unknown)}")
+    return [s for s in students if not only or s in only]
 
 
 def grade_batch(
@@ -301,7 +251,6 @@ def grade_batch(
     allow_unsafe: bool = False,
     force: bool = False,
     only: list[str] | None = None,
-    out: Any = sys.stdout,
 ) -> dict[str, Outcome]:
     root = root.resolve()
     ok, why = sandbox.bwrap_status()
@@ -313,7 +262,7 @@ def grade_batch(
             "submissions only)."
         )
     if not ok:
-        print(f"WARNING: grading WITHOUT a sandbox ({why}); --allow-unsafe was given", file=out)
+        print(f"WARNING: grading WITHOUT a sandbox ({why}); --allow-unsafe was given")
     lock_path = root / "autograder" / LOCK_NAME
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock, tempfile.TemporaryDirectory(prefix="grade-lib-") as lib:
@@ -321,87 +270,55 @@ def grade_batch(
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GradingRefused(f"another grading run holds {lock_path}; wait for it") from None
-        os.environ["COURSE_DEVICE"] = "cpu"
+        os.environ["COURSE_DEVICE"] = "cpu"  # the workers inherit it
         Path(lib).chmod(0o755)
-        settings = {"root": root, "limits": limits, "allow_unsafe": allow_unsafe}
-        settings["prepared"] = run.prepare(Path(lib, "lib"))
-        pool = _Pool(workers, settings)  # workers start (import torch) meanwhile
+        prepared = run.prepare(Path(lib, "lib"))
+        sandboxing = {"limits": limits, "allow_unsafe": allow_unsafe, "prepared": prepared}
+        pool = _Pool(workers, sandboxing)  # workers start (import torch) meanwhile
         try:
             assignment = load_assignment(root, assignment_name)
-            gradebook.ensure_in_gradebook(root, assignment)
-            students, rejected = discover(root, assignment, only)
-            for name in rejected:
-                print(f"skipped folder {name!r}: not a valid student id", file=out)
+            gradebook.ensure_in_gradebook(assignment)
+            students = discover(assignment, only)
             with open_gradebook(root) as gb:
-                todo = [s for s in students if force or not _graded(root, s, assignment, gb)]
-            skipped = len(students) - len(todo)
+                done = [s for s in students if not force and already_graded(assignment, s, gb)]
+            todo = [s for s in students if s not in done]
             print(
                 f"{assignment.name}: {len(students)} submission(s), {len(todo)} to grade"
-                + (f", {skipped} already graded (--force regrades them)" if skipped else "")
+                + (f", {len(done)} already graded (--force regrades them)" if done else "")
                 + f", {workers} worker(s), limits: {limits.wall_seconds:g} s, "
                 f"{limits.memory_bytes / sandbox.GiB:g} GiB, {limits.max_processes} processes",
-                file=out,
                 flush=True,
             )
             outcomes = pool.grade(assignment, todo) if todo else {}
         finally:
             pool.close()
-    _summary(assignment, outcomes, out)
-    print(f"grades: {gradebook.export_csv(root)}", file=out)
+    _summary(assignment, outcomes)
+    print(f"grades: {gradebook.export_csv(root)}")
     return outcomes
 
 
-def _graded(root: Path, student: str, assignment: Assignment, gb: Any) -> bool:
-    """Whether a rerun may skip this submission; on any doubt (an unreadable folder), no."""
-    try:
-        return gradebook.already_graded(root, student, assignment, gb)
-    except Exception:
-        return False
-
-
-def _summary(assignment: Assignment, outcomes: dict[str, Outcome], out: Any) -> None:
+def _summary(assignment: Assignment, outcomes: dict[str, Outcome]) -> None:
     sys.stderr.flush()
     if not outcomes:
-        print("nothing to grade", file=out)
+        print("nothing to grade")
         return
-    print(f"\n{'student':<24} {'score':>11}  {'time':>6}  notes", file=out)
+    print(f"\n{'student':<24} {'score':>11}  {'time':>6}  notes")
     for student, outcome in sorted(outcomes.items()):
         score = f"{sum(outcome.scores.values()):g}/{assignment.max_score:g}"
-        why = outcome.reason or ""
-        if outcome.status != "graded":
-            why = "NOT GRADED: " + why
-        elif outcome.notes and not why:
-            why = outcome.notes[0]
-        line = f"{student:<24} {score:>11}  {outcome.seconds:5.1f}s  {textwrap.shorten(why, 90)}"
-        print(line, file=out)
+        why = outcome.reason or (outcome.notes[0] if outcome.notes else "")
+        why = why if outcome.status == "graded" else f"NOT GRADED: {why}"
+        print(f"{student:<24} {score:>11}  {outcome.seconds:5.1f}s  {textwrap.shorten(why, 90)}")
     problems = sum(1 for o in outcomes.values() if o.status != "graded" or o.reason)
     total = sum(o.seconds for o in outcomes.values())
-    print(
-        f"\n{len(outcomes)} graded ({problems} with a problem), {total:.0f} s of grading", file=out
-    )
+    print(f"\n{len(outcomes)} graded ({problems} with a problem), {total:.0f} s of grading")
     for warning in {o.warning for o in outcomes.values() if o.warning}:
-        print("WARNING: " + warning, file=out)
-
-
-def _positive(kind: type, name: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
-        return value
-
-    return parse
+        print("WARNING: " + warning)
 
 
 def main(argv: list[str] | None = None) -> int:
     # nbgrader's Gradebook runs `alembic` by name: this interpreter's bin folder goes first on
     # the PATH, so that the grader works from a plain shell.
-    bin_dir = str(Path(sys.executable).parent)
-    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     defaults, mib = sandbox.Limits(wall_seconds=120.0), sandbox.MiB
     parser = argparse.ArgumentParser(
         prog="course-grade",
@@ -425,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         ("--max-disk-mb", int, defaults.max_disk_bytes // mib, "writable tmpfs per sandbox, MiB"),
     ]
     for option, kind, default, text in numbers:
-        add(option, type=_positive(kind, option), default=default, help=f"{text} (%(default)g)")
+        add(option, type=kind, default=default, help=f"{text} (%(default)g)")
     args = parser.parse_args(argv)
+    for option, *_ in numbers:
+        if not getattr(args, option[2:].replace("-", "_")) > 0:
+            parser.error(f"{option} must be positive")
     limits = sandbox.Limits(
         wall_seconds=args.timeout, memory_bytes=args.memory_mb * mib,
         max_processes=args.max_processes, max_output_bytes=int(args.max_output_mb * mib),

@@ -1,17 +1,12 @@
 """What the exercises' test cells import: ``from autograder import grading``.
 
 Test cells call ``grading.check_<name>(answer, ...)`` (declared in :mod:`autograder.checks`)
-with the student's answer as the first argument. A check runs in one of three modes:
-
-- ``inline`` (the default: the student's notebook, plain ``nbgrader autograde``): observe and
-  judge in this process, the observation sent through JSON as the sandbox sends it;
-- ``plan`` (``with planning() as requests:``): record ``{"check", "protocol", "answer",
-  "inputs"}`` and call nothing; the answer is an :class:`AnswerRef`;
-- ``judge`` (``with judging(entries):``): take the next recorded observation, verify that it
-  is of this check and these inputs, and judge it.
-
-The sandbox holds this module: it imports the checks, and with them the references, only
-when a check is called, which never happens there.
+in one of three modes (``autograder/README.md``): ``inline`` (the default: observe and judge
+here, the observation sent through JSON as the sandbox sends it), ``plan`` (``with
+planning() as requests:``: record the requests, call nothing; answers are
+:class:`AnswerRef`) and ``judge`` (``with judging(entries):``: judge the recorded
+observations, verified to be of this check and these inputs). The sandbox holds this module
+but never calls a check, so it never imports the references.
 """
 
 from __future__ import annotations

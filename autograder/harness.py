@@ -15,6 +15,7 @@ Usage (inside the sandbox): ``python -I harness.py LIB_DIR INPUTS_DIR < spec.jso
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -23,7 +24,6 @@ import selectors
 import shutil
 import subprocess
 import sys
-import time
 
 CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream (as in kernel.py, plus a note)
 MAX_ANSWER_BYTES = 16 << 20  # one answer line from K; longer lines are dropped
@@ -46,8 +46,7 @@ class Kernel:
         self.exited = os.pidfd_open(self.proc.pid)
         os.set_blocking(self.requests, False)
         os.set_blocking(self.answers, False)
-        self.partial = bytearray()
-        self.skipping = False  # inside a line over MAX_ANSWER_BYTES
+        self.partial = bytearray()  # the line K's process is writing
 
     def ask(self, request: dict) -> dict | None:
         """Send ``request`` with a fresh nonce; K's answer to it, or None once K has ended."""
@@ -70,49 +69,36 @@ class Kernel:
                     if not unsent:
                         sel.unregister(self.requests)
                 if self.answers in events or self.exited in events:
+                    exited = self.exited in events
                     # Once K has ended, read what it left, up to one more answer's worth.
-                    budget = MAX_ANSWER_BYTES + (1 << 16) if self.exited in events else 1
-                    answers, closed = self._receive(budget)
+                    answers, closed = self._receive(MAX_ANSWER_BYTES + (1 << 16) if exited else 1)
                     for answer in answers:
                         if (answer.get("nonce"), answer.get("index")) == wanted:
                             return answer
-                    if self.exited in events:
+                    if exited:
                         return None
                     if closed:  # no process holds the pipe's other end any more
                         sel.unregister(self.answers)
 
     def _receive(self, budget: int) -> tuple[list[dict], bool]:
-        """The JSON objects on the lines K's process has completed (reading at least once,
-        then on while ``budget`` bytes last and there is data), and whether the pipe is at
-        its end."""
-        answers = []
-        while True:
+        """The JSON objects on the lines K's process has completed (reading at least once, then
+        on while ``budget`` bytes last and there is data), and whether the pipe is at its end."""
+        answers, closed = [], False
+        while budget > 0 and not closed:
             try:
                 chunk = os.read(self.answers, 1 << 16)
             except BlockingIOError:
-                return answers, False
-            budget -= len(chunk)
+                break
+            closed, budget = not chunk, budget - len(chunk)
             *lines, rest = chunk.split(b"\n")
             for line in lines:
-                if not self.skipping:
-                    try:
-                        answer = json.loads(self.partial + line)
-                    except (ValueError, RecursionError):
-                        answer = None
-                    if isinstance(answer, dict):
-                        answers.append(answer)
-                self.partial, self.skipping = bytearray(), False
-            if not self.skipping:
-                self.partial += rest
-            if len(self.partial) > MAX_ANSWER_BYTES:
-                self.partial, self.skipping = bytearray(), True
-            if not chunk or budget <= 0:
-                return answers, not chunk
-
-    def status(self) -> int:
-        """K's exit status as a process status: its code, or 128 + the signal that ended it."""
-        code = self.proc.wait()
-        return code if code >= 0 else 128 - code
+                with contextlib.suppress(ValueError, RecursionError):
+                    answers.append(json.loads(self.partial + line))
+                self.partial = bytearray()
+            self.partial += rest
+            if len(self.partial) > MAX_ANSWER_BYTES:  # dropped; its tail is read as any line of K's
+                self.partial = bytearray()
+        return [answer for answer in answers if isinstance(answer, dict)], closed
 
 
 def _text(value: object) -> str | None:
@@ -143,11 +129,9 @@ def record(index: int, cell: dict, answer: dict) -> dict:
 
 def send(channel: int, record: dict) -> None:
     data = memoryview(json.dumps(record, allow_nan=True, separators=(",", ":")).encode() + b"\n")
-    try:
+    with contextlib.suppress(OSError):  # the grader stopped listening (its cap on results)
         while data:
             data = data[os.write(channel, data) :]
-    except OSError:
-        pass  # the grader stopped listening (its cap on results): nothing more to say
 
 
 def main() -> None:
@@ -156,22 +140,19 @@ def main() -> None:
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
     spec = json.loads(sys.stdin.buffer.read())
-    try:  # the data files (and their folders), beside the student's work only
+    # The data files (and their folders), beside the student's work only; on a full disk the
+    # cells run with what was copied.
+    with contextlib.suppress(OSError):
         shutil.copytree(inputs, ".", dirs_exist_ok=True, copy_function=shutil.copyfile)
-    except OSError:  # a full disk: the cells run with what was copied
-        pass
-    started = time.monotonic()
     kernel = Kernel(lib)
-    if kernel.ask({"index": -1, "kind": "ready"}) is None:
-        sys.exit(kernel.status())
-    send(channel, {"type": "ready", "seconds": round(time.monotonic() - started, 3)})
-    for index, cell in enumerate(spec["cells"]):
-        if cell["kind"] in ("code", "test"):
-            answer = kernel.ask({"index": index, **cell})
-            if answer is None:
-                sys.exit(kernel.status())
-            send(channel, record(index, cell, answer))
-    send(channel, {"type": "done", "seconds": round(time.monotonic() - started, 3)})
+    cells = [(i, cell) for i, cell in enumerate(spec["cells"]) if cell["kind"] in ("code", "test")]
+    for index, cell in [(-1, {"kind": "ready"}), *cells]:
+        answer = kernel.ask({"index": index, **cell})
+        if answer is None:  # K has ended: exit as it did (its code, or 128 + the signal)
+            code = kernel.proc.wait()
+            sys.exit(code if code >= 0 else 128 - code)
+        send(channel, record(index, cell, answer) if index >= 0 else {"type": "ready"})
+    send(channel, {"type": "done"})
     kernel.proc.kill()
 
 

@@ -14,11 +14,14 @@ Usage (by the harness): ``python -I kernel.py LIB_DIR REQUESTS_FD ANSWERS_FD``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import json
 import os
-import shutil
+import platform
 import signal
+import struct
 import sys
 import tempfile
 import traceback
@@ -26,28 +29,19 @@ import traceback
 CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream
 
 
-class _Capped(io.TextIOBase):
-    """A text stream that keeps the first ``cap`` characters and counts the rest."""
+class _Capped(io.StringIO):
+    """A text stream that keeps the first ``CELL_OUTPUT_CAP`` characters and counts the rest."""
 
-    def __init__(self, cap: int = CELL_OUTPUT_CAP) -> None:
-        self.parts: list[str] = []
-        self.room = cap
-        self.dropped = 0
-
-    def writable(self) -> bool:
-        return True
+    dropped = 0
 
     def write(self, text: str) -> int:
-        text = text if isinstance(text, str) else str(text)
-        if self.room:
-            self.parts.append(text[: self.room])
-        self.dropped += max(0, len(text) - self.room)
-        self.room = max(0, self.room - len(text))
+        text = str(text)
+        self.dropped += len(text) - super().write(text[: CELL_OUTPUT_CAP - self.tell()])
         return len(text)
 
     def value(self) -> str:
         dropped = f"\n[... {self.dropped} more characters of output were dropped]"
-        return "".join(self.parts) + (dropped if self.dropped else "")
+        return self.getvalue() + (dropped if self.dropped else "")
 
 
 def _refuse(*args: object, **kwargs: object) -> None:
@@ -59,8 +53,6 @@ def _refuse(*args: object, **kwargs: object) -> None:
 
 def block_fused_adam() -> None:
     """Register ``_refuse`` for every fused Adam operator, out of the student's reach."""
-    import ctypes
-
     import torch
 
     module = torch._C._dispatch_library("IMPL", "aten", "")
@@ -70,10 +62,8 @@ def block_fused_adam() -> None:
         for name in torch._C._dispatch_get_all_op_names():
             if "fused_adam" in name:
                 for key in ("CPU", "CompositeExplicitAutograd"):
-                    try:
+                    with contextlib.suppress(RuntimeError):  # an overload without this key
                         module.impl(name.split("::", 1)[1], key, _refuse)
-                    except RuntimeError:  # an overload without a kernel for this key
-                        continue
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -90,10 +80,6 @@ def forbid_exec() -> None:
     """No process of the kernel's may run another program, ever (a seccomp filter, inherited
     by every child and never removed): a fresh interpreter would have torch's fused kernels
     back, so only copies of this process, where they raise, can exist. Forks still work."""
-    import ctypes
-    import platform
-    import struct
-
     if platform.machine() not in _EXEC_SYSCALLS:
         raise RuntimeError(f"no exec system call numbers known for {platform.machine()}")
     arch, calls = _EXEC_SYSCALLS[platform.machine()]
@@ -122,18 +108,13 @@ def _error_text(exc: BaseException) -> str:
 
 def run_code(shell, source: str) -> dict:
     out, err = _Capped(), _Capped()
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    error = None
-    try:
-        result = shell.run_cell(source, store_history=True)
-        failure = result.error_before_exec or result.error_in_exec
-        if failure is not None:
-            error = _error_text(failure)
-    except BaseException as exc:
-        error = _error_text(exc)
-    finally:
-        sys.stdout, sys.stderr = saved
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            result = shell.run_cell(source, store_history=True)
+            failure = result.error_before_exec or result.error_in_exec
+            error = None if failure is None else _error_text(failure)
+        except BaseException as exc:
+            error = _error_text(exc)
     return {"stdout": out.value(), "stderr": err.value(), "error": error}
 
 
@@ -141,18 +122,15 @@ def observe_test(shell, observe, requests: list[dict]) -> dict:
     entries = []
     for request in requests:
         name = request["answer"]
-        saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = _Capped()
-        try:
-            if name not in shell.user_ns:
-                entries.append({"failed": f"NameError: name {name!r} is not defined"})
-            else:
-                obs = observe(request["protocol"], shell.user_ns[name], request["inputs"])
-                entries.append({"obs": json.loads(json.dumps(obs, allow_nan=True))})
-        except BaseException as exc:
-            entries.append({"failed": f"observing {name} failed: {_error_text(exc)}"})
-        finally:
-            sys.stdout, sys.stderr = saved
+        with contextlib.redirect_stdout(_Capped()) as sink, contextlib.redirect_stderr(sink):
+            try:
+                if name not in shell.user_ns:
+                    entries.append({"failed": f"NameError: name {name!r} is not defined"})
+                else:
+                    obs = observe(request["protocol"], shell.user_ns[name], request["inputs"])
+                    entries.append({"obs": json.loads(json.dumps(obs, allow_nan=True))})
+            except BaseException as exc:
+                entries.append({"failed": f"observing {name} failed: {_error_text(exc)}"})
     return {"entries": entries}
 
 
@@ -172,15 +150,14 @@ def main() -> None:
 
     from autograder.observe import observe
 
-    config = Config()
-    config.HistoryManager.enabled = False
-    ipython_dir = tempfile.mkdtemp(prefix="ipython-")
-    shell = InteractiveShell.instance(config=config, ipython_dir=ipython_dir)
+    config = Config({"HistoryManager": {"enabled": False}})
+    # The IPython folder is only needed to start (and /tmp is the host's without bwrap).
+    with tempfile.TemporaryDirectory(prefix="ipython-") as ipython_dir:
+        shell = InteractiveShell.instance(config=config, ipython_dir=ipython_dir)
     shell.colors = "nocolor"
-    shutil.rmtree(ipython_dir)  # only needed to start (and /tmp is the host's without bwrap)
     forbid_exec()
     sys.path.append(os.getcwd())
-    with open(requests, "rb") as incoming:
+    with open(requests, "rb") as incoming, open(answers, "wb") as outgoing:
         for line in incoming:
             try:  # the student's code may have written to this pipe too
                 request = json.loads(line)
@@ -191,9 +168,8 @@ def main() -> None:
                 answer.update(run_code(shell, request["source"]))
             elif request.get("kind") == "test":
                 answer.update(observe_test(shell, observe, request["requests"]))
-            data = memoryview((json.dumps(answer, allow_nan=True) + "\n").encode())
-            while data:
-                data = data[os.write(answers, data) :]
+            outgoing.write(json.dumps(answer, allow_nan=True).encode() + b"\n")
+            outgoing.flush()
     os._exit(0)  # the harness closed the requests: no atexit handlers of the student's
 
 

@@ -1,7 +1,5 @@
 """Generate ``exercises/`` (nbgrader's release) from ``solutions/`` (nbgrader's source).
 
-    python autograder/make_exercises.py [ASSIGNMENT ...] [--check]
-
 The real ``nbgrader generate_assignment`` in a scratch copy of the course with a scratch
 gradebook (the instructor's is never touched); source notebooks must carry no outputs, and no
 released notebook may contain a solution or hidden-test marker.
@@ -12,7 +10,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -52,48 +49,40 @@ def notebook_problems(path: Path) -> list[str]:
     except (OSError, json.JSONDecodeError) as error:
         return [f"{path}: not a readable notebook ({error})"]
     code = [(i, c) for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"]
-    return [f"{path}: cell {i} has outputs" for i, c in code if c.get("outputs")] + [
-        f"{path}: cell {i} has an execution count"
-        for i, c in code
-        if c.get("execution_count") is not None
-    ]
+    outputs = [f"{path}: cell {i} has outputs" for i, c in code if c.get("outputs")]
+    counts = [i for i, c in code if c.get("execution_count") is not None]
+    return outputs + [f"{path}: cell {i} has an execution count" for i in counts]
 
 
-def run_nbgrader(args: list[str], course: Path) -> subprocess.CompletedProcess:
-    """``nbgrader <args>`` from ``course/autograder`` with root and gradebook in ``course``;
-    this interpreter's bin first on the PATH (nbgrader runs ``alembic`` by name)."""
+def run_nbgrader(args: list[str], course: Path) -> None:
+    """``nbgrader <args>`` from ``course/autograder`` with root and gradebook in ``course``
+    (its ``nbgrader_config.py`` puts this interpreter's bin first on the PATH for ``alembic``)."""
     db = f"sqlite:///{course / 'autograder' / 'gradebook.db'}"
     command = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
     command.append(f"--CourseDirectory.db_url={db}")
-    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    result = subprocess.run(
-        command, cwd=course / "autograder", env={**os.environ, "PATH": path},
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip # the arguments grouped by meaning, not one a line
+    result = subprocess.run(command, cwd=course / "autograder", capture_output=True, text=True)
     if result.returncode != 0:
         raise ExerciseError(
             f"{' '.join(command[2:4])} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
         )
-    return result
 
 
-def scratch_course(destination: Path, root: Path = ROOT, names: list[str] | None = None) -> Path:
+def scratch_course(destination: Path, names: list[str] | None = None) -> Path:
     """A copy of what nbgrader needs: ``solutions/`` (or only ``names``) and the configuration."""
     if names is None:
-        shutil.copytree(root / SOURCE, destination / SOURCE)
+        shutil.copytree(ROOT / SOURCE, destination / SOURCE)
     else:
         for name in names:
-            shutil.copytree(root / SOURCE / name, destination / SOURCE / name)
+            shutil.copytree(ROOT / SOURCE / name, destination / SOURCE / name)
     (destination / "autograder").mkdir(parents=True)
-    shutil.copy2(root / "autograder" / "nbgrader_config.py", destination / "autograder")
+    shutil.copy2(ROOT / "autograder" / "nbgrader_config.py", destination / "autograder")
     return destination
 
 
 def generate(course: Path, names: list[str]) -> None:
     """``nbgrader generate_assignment --force`` for ``names`` inside ``course``."""
     # One nbgrader process for all of them when possible: starting nbgrader takes seconds.
-    every = assignments(course)
-    batches = [["*"]] if sorted(names) == sorted(every) else [[name] for name in names]
+    batches = [["*"]] if sorted(names) == assignments(course) else [[name] for name in names]
     for batch in batches:
         run_nbgrader(["generate_assignment", *batch, "--force"], course)
     for name in names:
@@ -104,38 +93,30 @@ def generate(course: Path, names: list[str]) -> None:
                 raise ExerciseError(f"{path.name}: the release still contains {leaked}")
 
 
-def differences(generated: Path, committed: Path) -> list[str]:
-    """Files that differ between two assignment folders (relative names)."""
-    if not committed.is_dir():
-        return [f"{committed.name}/ is missing"]
-    diffs = []
-    left = {p.relative_to(generated) for p in generated.rglob("*") if p.is_file()}
-    right = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()}
-    for rel in sorted(left | right):
-        if rel not in right:
-            diffs.append(f"{committed.name}/{rel} is missing")
-        elif rel not in left:
-            diffs.append(f"{committed.name}/{rel} is not generated from {SOURCE}/ (stale)")
-        elif not filecmp.cmp(generated / rel, committed / rel, shallow=False):
-            diffs.append(f"{committed.name}/{rel} differs from what nbgrader generates")
-    return diffs
-
-
 def stale(
     course: Path, names: list[str], every: list[str] | None = None, root: Path = ROOT
 ) -> list[str]:
-    """How ``root/exercises`` differs from the release generated in ``course``.
-
-    With ``every`` (all assignments), release folders that have no source are reported too.
-    """
-    diffs = [d for n in names for d in differences(course / RELEASE / n, root / RELEASE / n)]
+    """How ``root/exercises`` differs from the release generated in ``course``, file by file;
+    with ``every`` (all assignments), release folders that have no source are reported too."""
+    diffs = []
+    for name in names:
+        generated, committed = course / RELEASE / name, root / RELEASE / name
+        if not committed.is_dir():
+            diffs.append(f"{name}/ is missing")
+            continue
+        made = {p.relative_to(generated) for p in generated.rglob("*") if p.is_file()}
+        kept = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()}
+        for rel in sorted(made | kept):
+            if rel not in kept:
+                diffs.append(f"{name}/{rel} is missing")
+            elif rel not in made:
+                diffs.append(f"{name}/{rel} is not generated from {SOURCE}/ (stale)")
+            elif not filecmp.cmp(generated / rel, committed / rel, shallow=False):
+                diffs.append(f"{name}/{rel} differs from what nbgrader generates")
     if every is not None:
-        extra = [
-            p.name
-            for p in (root / RELEASE).iterdir()
-            if p.is_dir() and p.name not in every and any(p.glob("*.ipynb"))
-        ]
-        diffs += [f"{name}/ has no source in {SOURCE}/" for name in extra]
+        for folder in sorted((root / RELEASE).iterdir()):
+            if folder.is_dir() and folder.name not in every and any(folder.glob("*.ipynb")):
+                diffs.append(f"{folder.name}/ has no source in {SOURCE}/")
     return diffs
 
 
@@ -149,26 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         every = assignments()
         names = args.assignments or every
-        unknown = sorted(set(names) - set(every))
-        if unknown:
+        if unknown := sorted(set(names) - set(every)):
             raise ExerciseError(f"no such assignment in {SOURCE}/: {', '.join(unknown)}")
-        problems = [
-            p for name in names for p in notebook_problems(ROOT / SOURCE / name / f"{name}.ipynb")
-        ]
-        if problems:
-            raise ExerciseError(
-                "commit notebooks without outputs (Kernel > Restart & Clear Output):\n  "
-                + "\n  ".join(problems)
-            )
+        paths = [ROOT / SOURCE / name / f"{name}.ipynb" for name in names]
+        if problems := [p for path in paths for p in notebook_problems(path)]:
+            clear = "commit notebooks without outputs (Kernel > Restart & Clear Output):"
+            raise ExerciseError("\n  ".join([clear, *problems]))
         with tempfile.TemporaryDirectory(prefix="exercises-") as tmp:
             course = scratch_course(Path(tmp) / "course")
             generate(course, names)
             if args.check:
                 diffs = stale(course, names, every if not args.assignments else None)
                 if diffs:
-                    print("exercises/ is out of date; run `make exercises`:", file=sys.stderr)
-                    for diff in diffs:
-                        print(f"  {diff}", file=sys.stderr)
+                    out_of_date = "exercises/ is out of date; run `make exercises`:"
+                    print(out_of_date, *diffs, sep="\n  ", file=sys.stderr)
                     return 1
                 print(f"exercises/ is up to date ({', '.join(names)})")
                 return 0

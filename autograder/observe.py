@@ -1,16 +1,9 @@
 """The observation half of the checks, the only grading code in the sandbox (with
 :mod:`.common`, :mod:`.delegation`, :mod:`.grading`): run the student's answer on inputs
-given as data, record what it did as plain JSON. It computes no reference, judges nothing,
-and never raises for what the answer does (an exception, delegation or an unusable result
-ends the observation under ``"stop"``). Four protocols:
-
-- ``value``: the answer itself, described (:func:`describe`);
-- ``calls``: ``answer(*args, **kwargs)`` for each of ``inputs["calls"]``, each result described;
-- ``update``: ``answer(p, g, m, v, step, **hyper)`` over each run's gradients, ``(p, m, v)``
-  fed back and recorded after every step;
-- ``optimizer``: an optimizer class built on each run's parameters (and groups), stepped on
-  its gradients (or a closure); the parameters after every step and, when asked, the
-  defaults, the closure's calls and the state.
+given as data and record what it did as plain JSON, under one of four protocols (``value``,
+``calls``, ``update``, ``optimizer``: the table in ``autograder/README.md``). It computes no
+reference, judges nothing, and never raises for what the answer does: an exception,
+delegation or an unusable result ends the observation under ``"stop"``.
 """
 
 from __future__ import annotations
@@ -96,15 +89,18 @@ class Recorder:
     def call(self, function: Callable, *args: Any, call: str, errors: Any = None, **kwargs: Any):
         """Call the answer under the delegation watch; stop on delegation, and on an
         exception unless ``errors`` (a dict) is given to record it in."""
-        outcome = call_watched(function, *args, kind=self.kind or "course_lib", **kwargs)
-        if outcome.hits:
-            self.stop("refused", call=call, hits=[shorten(h, how=str) for h in outcome.hits])
-        if outcome.exception is not None:
+        result, exception, hits = call_watched(
+            function, *args, kind=self.kind or "course_lib", **kwargs
+        )
+        if hits:
+            self.stop("refused", call=call, hits=[shorten(h, how=str) for h in hits])
+        if exception is not None:
+            error = describe_exception(exception)
             if errors is None:
-                self.stop("raised", call=call, error=outcome.error)
-            value_error = isinstance(outcome.exception, ValueError)
-            errors["error"] = {"call": call, "text": outcome.error, "value_error": value_error}
-        return outcome.result
+                self.stop("raised", call=call, error=error)
+            value_error = isinstance(exception, ValueError)
+            errors["error"] = {"call": call, "text": error, "value_error": value_error}
+        return result
 
 
 def _tensor(values: Any, dtype: str, device: torch.device, **kwargs: Any) -> Tensor:

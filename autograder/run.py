@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import json
 import os
 import shutil
 import signal
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from autograder import sandbox
@@ -26,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 #: student's process. Everything else of the grader (the declarations and judges, which hold
 #: the references) stays outside, and so does course_lib.
 SANDBOX_MODULES = ("__init__.py", "grading.py", "common.py", "observe.py", "delegation.py")
-#: torch's modules bound over by the files of autograder/stubs/ in the sandbox.
+#: torch's modules over which autograder/stubs/optim.py is bound in the sandbox.
 STUBS = ("adam", "adamw")
 SANDBOX_HOME = "/home/student"
 #: Files handed in beside the notebook (data) that are copied into the sandbox, at most (the
@@ -40,10 +41,12 @@ COMPILER_DIRS = ("/usr/lib/gcc", "/usr/libexec/gcc", "/usr/lib/llvm-*")
 class Prepared:
     lib: Path
     binds: dict[str, Path]
+    hide: list[str]
 
 
 def prepare(target: Path) -> Prepared:
-    """The read-only folder the sandbox runs from, and the stub modules' binds."""
+    """The read-only folder the sandbox runs from, the stub modules' binds and the folders
+    hidden: the stubs' replaced bytecode and the compilers'."""
     import torch.optim
 
     (target / "autograder").mkdir(parents=True)
@@ -52,11 +55,12 @@ def prepare(target: Path) -> Prepared:
     for name in ("harness.py", "kernel.py"):
         shutil.copy2(HERE / name, target / name)
     optim = Path(torch.optim.__file__).resolve().parent
-    binds = {str(optim / f"{module}.py"): HERE / "stubs" / f"{module}.py" for module in STUBS}
+    binds = {str(optim / f"{module}.py"): HERE / "stubs" / "optim.py" for module in STUBS}
+    hide = [str(optim / "__pycache__")] + [d for p in COMPILER_DIRS for d in sorted(glob.glob(p))]
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     target.chmod(0o755)
-    return Prepared(target, binds)
+    return Prepared(target, binds, hide)
 
 
 @dataclasses.dataclass
@@ -69,30 +73,27 @@ class Run:
     warning: str | None  # set when it ran without isolation
 
 
-def _data_files(data: Path) -> tuple[list[Path], bool]:
-    """The files in ``data`` and its subfolders (as nbgrader copies them), by relative name:
-    no links, no notebooks at the top; at most ``10 * MAX_DATA_FILES`` looked at."""
-    found, looked = [], 0
-    for folder, dirs, files in os.walk(data):  # os.walk follows no link to a folder
+def _walk(folder: Path) -> Iterator[Path]:
+    """The files in ``folder`` and its subfolders, by name (os.walk follows no link to a folder)."""
+    for top, dirs, files in os.walk(folder):
         dirs.sort()
-        for name in sorted(files):
-            looked += 1
-            if looked > 10 * MAX_DATA_FILES:
-                return found, True
-            path = Path(folder, name)
-            top = Path(folder) == data
-            if path.is_file() and not path.is_symlink() and not (top and path.suffix == ".ipynb"):
-                found.append(path.relative_to(data))
-    return found, False
+        yield from (Path(top, name) for name in sorted(files))
 
 
 def copy_data(data: Path, target: Path, limits: sandbox.Limits) -> list[str]:
-    """Copy the files beside the notebook in ``data``, subfolders included (not notebooks,
-    not links) to ``target``: the first ``MAX_DATA_FILES`` by name, within half the sandbox's
-    disk and the file size limit. Notes on what was left out."""
-    files, more = _data_files(data)
-    budget = limits.max_disk_bytes // 2
-    too_big = []
+    """Copy the files beside the notebook in ``data``, subfolders included (as nbgrader copies
+    them; not links, no notebooks at the top) to ``target``: the first ``MAX_DATA_FILES`` by
+    name, within half the sandbox's disk and the file size limit, with at most ``10 *
+    MAX_DATA_FILES`` looked at. Notes on what was left out."""
+    looked = list(itertools.islice(_walk(data), 10 * MAX_DATA_FILES + 1))
+    more = looked[10 * MAX_DATA_FILES :]
+    files = [
+        path.relative_to(data)
+        for path in looked[: 10 * MAX_DATA_FILES]
+        if path.is_file() and not path.is_symlink()
+        if not (path.parent == data and path.suffix == ".ipynb")
+    ]
+    budget, too_big = limits.max_disk_bytes // 2, []
     for rel in files[:MAX_DATA_FILES]:
         size = (data / rel).stat().st_size
         if size <= min(limits.max_file_bytes, budget):
@@ -133,11 +134,8 @@ def run_cells(
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         inputs = Path(tmp, "in")
         inputs.mkdir()
-        Path(tmp).chmod(0o755)
+        inputs.chmod(0o755)  # whatever the umask: the sandbox's uid reads it
         notes = copy_data(data, inputs, limits)
-        inputs.chmod(0o755)
-        pycache = Path(next(iter(prepared.binds))).parent / "__pycache__"
-        hide = [str(pycache)] + [d for p in COMPILER_DIRS for d in sorted(glob.glob(p))]
         result = sandbox.run_sandboxed(
             ["python", "-I", str(prepared.lib / "harness.py"), str(prepared.lib), str(inputs)],
             scratch=inputs,
@@ -147,29 +145,23 @@ def run_cells(
             allow_unsafe=allow_unsafe,
             uid=uid,
             binds=prepared.binds,
-            hide=hide,
+            hide=prepared.hide,
             workdir=SANDBOX_HOME,
             results=True,
             stdin=json.dumps({"cells": cells}).encode(),
         )
         records, ready, done = read_records(result.results, len(cells))
         ended = None
-        if not done:
-            last = max(records, default=-1)
-            running = next(
-                (labels[i] for i in range(last + 1, len(cells)) if cells[i]["kind"] == "code"),
-                None,
-            )
-            ended = how_it_ended(result, limits)
-            if not ready:
-                ended += " before the first cell ran"
-            elif running:
-                ended += f", while running {running}"
-            if result.results_truncated:
-                ended = "it wrote more results than the grader accepts; " + ended
+        if not done and ready:
+            after = range(max(records, default=-1) + 1, len(cells))
+            running = next((labels[i] for i in after if cells[i]["kind"] == "code"), None)
+            ended = how_it_ended(result, limits) + (f", while running {running}" if running else "")
+        elif not done:
             stderr = scrub(result.stderr.decode(errors="replace").replace(tmp, "…")).strip()
-            if stderr and not ready:
-                ended += ": " + textwrap.shorten(stderr, 300)
+            ended = how_it_ended(result, limits) + " before the first cell ran"
+            ended += f": {textwrap.shorten(stderr, 300)}" if stderr else ""
+        if ended and result.results_truncated:
+            ended = "it wrote more results than the grader accepts; " + ended
     return Run(records=records, ended=ended, notes=notes, warning=result.warning)
 
 

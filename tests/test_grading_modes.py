@@ -694,7 +694,7 @@ def test_generic_checks_messages():
         return out
 
     keys = ("a", "b", "total")
-    grading.check_dict_values(
+    grading.check_values(
         memory, "memory", [((5,), {}, {"b": 10}, "")], keys=keys, total="total"
     )
     for bad, pattern in [
@@ -703,19 +703,19 @@ def test_generic_checks_messages():
         ("list", r"^memory\(5, bad='list'\) should return a dict with keys a, b, total; got \["),
     ]:
         with raises(GradingError, match=pattern):
-            grading.check_dict_values(
+            grading.check_values(
                 memory, "memory", [((5,), {"bad": bad}, {}, "")], keys=keys, total="total"
             )
     exactly = r"\(compared exactly: an integer\)"
     with raises(
         GradingError, match=rf"^memory\(5\)\['b'\]: expected 11, got 10 {exactly}\. b hint$"
     ):
-        grading.check_dict_values(memory, "memory", [((5,), {}, {"b": 11}, "b hint")], keys=keys)
+        grading.check_values(memory, "memory", [((5,), {}, {"b": 11}, "b hint")], keys=keys)
     with raises(
         GradingError,
         match=rf"^memory\(2\)\['total'\]: expected 7 bytes, got 6 bytes {exactly}\. t$",
     ):
-        grading.check_dict_against_reference(
+        grading.check_against_reference(
             memory,
             lambda n: {"a": n, "b": 2 * n, "total": 3 * n + 1},
             "memory",
@@ -742,13 +742,13 @@ def test_integers_are_compared_exactly():
 
     cases = [((7 * 10**9, 2048), {})]
     keys = ("scales", "total")
-    grading.check_dict_against_reference(blocks, blocks, "blocks", cases, keys=keys)
+    grading.check_against_reference(blocks, blocks, "blocks", cases, keys=keys)
     floor = functools.partial(blocks, rounding=math.floor)
     with raises(
         GradingError,
         match=r"\['scales'\]: expected 27343752, got 27343744 \(compared exactly: an integer\)",
     ):
-        grading.check_dict_against_reference(floor, blocks, "blocks", cases, keys=keys)
+        grading.check_against_reference(floor, blocks, "blocks", cases, keys=keys)
     grading.check_values(lambda n: 4e10, "bytes", [((1,), {}, 40_000_000_000, "")])
     with raises(GradingError, match=r"expected 40000000000, got 40000000008 \(compared exactly"):
         grading.check_values(lambda n: 40_000_000_008, "bytes", [((1,), {}, 40_000_000_000, "")])
