@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import tempfile
-import textwrap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,31 +83,6 @@ def captured() -> Iterator[list[str]]:
             tmp.close()
         if text.strip():
             notes.append("stderr: " + text.strip())
-
-
-def print_notes(notes: list[str]) -> None:
-    unique = list(dict.fromkeys(notes))
-    if unique:
-        count = len(unique)
-        print(f"Note: {count} warning(s) or stderr message(s) were captured; they cost no points:")
-        for note in unique[:5]:
-            print("  " + textwrap.shorten(note, 300))
-
-
-def hide_test_source_when_autograding() -> None:
-    """While nbgrader autogrades (``NBGRADER_EXECUTION=autograde``), reduce tracebacks to the
-    exception and its message: IPython would quote the failing lines, which in a test cell
-    are the hidden tests, and the feedback shows the outputs."""
-    if os.environ.get("NBGRADER_EXECUTION") != "autograde":
-        return
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is not None and getattr(shell, "InteractiveTB", None) is not None:
-        if shell.InteractiveTB.mode != "Minimal":
-            shell.InteractiveTB.set_mode(mode="Minimal")
 
 
 def plain(value: Any) -> Any:

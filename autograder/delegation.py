@@ -2,11 +2,10 @@
 
 Three layers: the class's MRO (a base from ``torch.optim.adam``/``adamw`` or ``course_lib``);
 the answer's source, parsed (imports of those modules, ``torch.optim.AdamW``,
-``torch._fused_adamw_``, ``getattr(torch.optim, "AdamW")``), from the live object or, in the
-grader, from the notebook's cells (:func:`static_reasons_from_sources`); and, while the
-answer runs (:func:`call_watched`), a profiler hook that records every call into those files
-and every fused Adam kernel. In the sandbox the reference is gone anyway (see ``kernel.py``);
-in inline mode these layers are all there is. Standard library, torch and :mod:`.common`.
+``getattr(torch.optim, "AdamW")``), from the live object or, in the grader, from the
+notebook's cells; and a profiler hook while the answer runs (:func:`call_watched`). In the
+sandbox the reference is gone anyway (``kernel.py``); inline, these layers are all there is.
+Standard library, torch and :mod:`.common` only: this module runs in the sandbox.
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ from autograder.common import GradingError
 _GRADING = Path(__file__).resolve().parent
 # The checks' own code that an answer calls back while it runs (a closure handed to step())
 # is allowed: the observation side, all the sandbox holds of the grader.
-_ALLOWED = frozenset(
-    str(_GRADING / f"{n}.py") for n in ("observe", "common", "delegation", "grading")
-)
+_ALLOWED = {str(_GRADING / f"{n}.py") for n in ("observe", "common", "delegation", "grading")}
+_ROOTS = {"torch", "optim", "course_lib"}  # where a forbidden attribute is looked up
 _LOOKUPS = {"getattr", "__getattribute__", "__import__", "import_module", "attrgetter"}
 #: A cell longer than this is not parsed (the sandbox holds no reference to delegate to; this
 #: only names one): parsing costs the grader time and memory.
@@ -58,15 +56,15 @@ class Rules:
     files: frozenset[str]  # source files and package folders (ending in os.sep)
     identifiers: frozenset[str]  # attribute or string names in the source
     modules: tuple[str, ...]  # import prefixes
-    kernels: bool  # the fused Adam kernels, by name
 
 
+_ADAM = ("torch.optim.adam", "torch.optim.adamw", "torch.optim._functional")
 _KINDS = {  # kind: (modules whose files are forbidden, identifiers, import prefixes)
     "optimizer": (
-        ("torch.optim.adam", "torch.optim.adamw", "torch.optim._functional"),
+        _ADAM,
         "Adam AdamW adam adamw _functional _single_tensor_adam _multi_tensor_adam _fused_adam "
         "_fused_adam_ _fused_adamw_ adam_step adam_multi_tensor course_lib",
-        ("torch.optim.adam", "torch.optim.adamw", "torch.optim._functional"),
+        _ADAM,
     ),
     "schedule": (
         ("torch.optim.lr_scheduler", "transformers.optimization"),
@@ -79,7 +77,8 @@ _KINDS = {  # kind: (modules whose files are forbidden, identifiers, import pref
 
 @functools.cache
 def forbidden(kind: str) -> Rules:
-    """The rules of one kind of exercise: ``optimizer``, ``schedule``, ``course_lib``."""
+    """The rules of one kind of exercise: ``optimizer``, ``schedule``, ``course_lib``
+    (computed once per process, before the first watch)."""
     if kind not in _KINDS:
         raise ValueError(f"Unknown kind {kind!r}: expected one of {', '.join(_KINDS)}")
     modules, identifiers, prefixes = _KINDS[kind]
@@ -91,14 +90,15 @@ def forbidden(kind: str) -> Rules:
             files.add(str(Path(folder, f"{module}.py")))
     course_lib = _package_dir("course_lib") or str(_GRADING.parent / "course_lib")
     files |= {course_lib + os.sep, str(_GRADING) + os.sep}  # the course's library, the judges
-    return Rules(
-        frozenset(files), frozenset(identifiers.split()),
-        ("course_lib", "autograder", *prefixes), kind == "optimizer",
-    )  # fmt: skip # the fields grouped by meaning, not one a line
+    if kind == "optimizer":  # the first Optimizer of a process imports hundreds of modules
+        # lazily: under the profiler that takes seconds, and it is not the answer's work
+        torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {"lr": 0.0})
+    prefixes = ("course_lib", "autograder", *prefixes)
+    return Rules(frozenset(files), frozenset(identifiers.split()), prefixes)
 
 
 @functools.lru_cache(maxsize=4096)  # called for every Python call while an answer runs
-def _is_forbidden_file(path: str, rules: Rules) -> bool:
+def _is_forbidden_file(path: str | None, rules: Rules) -> bool:
     if not path or path.startswith("<"):
         return False
     try:
@@ -110,53 +110,11 @@ def _is_forbidden_file(path: str, rules: Rules) -> bool:
     )
 
 
-class Watch:
-    """A profiler hook recording every call into forbidden code while the answer runs: Python
-    functions by the file of their code (an alias is caught as surely as the attribute),
-    builtins (``torch._fused_adamw_``) and ``torch.ops`` overloads by name."""
-
-    def __init__(self, rules: Rules) -> None:
-        self.rules, self.hits = rules, []
-        self._hook = self._profile  # one bound method, so that `is` recognises it
-
-    def _profile(self, frame: Any, event: str, arg: Any) -> None:
-        if len(self.hits) > 20:
-            return
-        if event == "call":
-            code = frame.f_code
-            if _is_forbidden_file(code.co_filename, self.rules):
-                self.hits.append(f"{_short_path(code.co_filename)}:{code.co_name}")
-            elif self.rules.kernels and code.co_name == "__call__":
-                owner = frame.f_locals.get("self")
-                if type(owner).__module__ == "torch._ops" and "fused_adam" in str(owner):
-                    self.hits.append(f"torch.ops {owner}")
-        elif event == "c_call" and self.rules.kernels:
-            name = getattr(arg, "__name__", "") or ""
-            if "fused_adam" in name:
-                self.hits.append(f"torch.{name}")
-
-    def __enter__(self) -> Watch:
-        self._previous = sys.getprofile(), threading.getprofile()
-        sys.setprofile(self._hook)
-        threading.setprofile(self._hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if sys.getprofile() is not self._hook:
-            self.hits.append("sys.setprofile (the answer replaced the grader's profiler)")
-        try:
-            sys.setprofile(self._previous[0])
-        except TypeError:  # a C-level profiler (cProfile) cannot be handed back from Python
-            sys.setprofile(None)
-        threading.setprofile(self._previous[1])
-
-
 def _short_path(path: str) -> str:
+    """``path`` from its last ``torch``, ``course_lib`` or ``transformers`` folder."""
     parts = Path(path).parts
-    for anchor in ("torch", "course_lib", "transformers"):
-        if anchor in parts:
-            return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor) :])
-    return Path(path).name
+    anchors = [i for i, part in enumerate(parts) if part in ("torch", "course_lib", "transformers")]
+    return "/".join(parts[anchors[-1] if anchors else -1 :])
 
 
 def _dotted(node: ast.AST) -> str:
@@ -167,17 +125,15 @@ def _dotted(node: ast.AST) -> str:
     return "?"
 
 
-def _source_reasons(label: str, source: str, rules: Rules) -> list[str]:
-    """The AST rules on one function's (or one class header's) source."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    lines, reasons = source.splitlines(), []
+def _source_reasons(label: str, tree: ast.AST, lines: list[str], rules: Rules) -> list[str]:
+    """The AST rules on ``tree``, a module or a definition in a source of ``lines``; line
+    numbers count from the definition's first line (its first decorator)."""
+    decorators = getattr(tree, "decorator_list", [])
+    first, reasons = min([getattr(tree, "lineno", 1)] + [d.lineno for d in decorators]), []
 
     def where(node: ast.AST) -> str:
         line = lines[node.lineno - 1].strip() if 0 < node.lineno <= len(lines) else ""
-        return f"{label}, line {node.lineno}: `{textwrap.shorten(line, 80)}`"
+        return f"{label}, line {node.lineno - first + 1}: `{textwrap.shorten(line, 80)}`"
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -192,11 +148,7 @@ def _source_reasons(label: str, source: str, rules: Rules) -> list[str]:
                 reasons.append(f"imports from {module} ({where(node)})")
         elif isinstance(node, ast.Attribute):
             dotted = _dotted(node)
-            if node.attr in rules.identifiers and dotted.split(".")[0] in {
-                "torch",
-                "optim",
-                "course_lib",
-            }:
+            if node.attr in rules.identifiers and dotted.split(".")[0] in _ROOTS:
                 reasons.append(f"uses {dotted} ({where(node)})")
         elif isinstance(node, ast.Name) and node.id == "course_lib":
             reasons.append(f"uses course_lib ({where(node)})")
@@ -235,22 +187,14 @@ def static_reasons_from_sources(name: str, sources: Sequence[str], kind: str) ->
     if found is None:
         return []
     node, lines = found
-
-    def segment(node: ast.AST) -> str:  # with its decorators
-        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        return textwrap.dedent("\n".join(lines[first - 1 : node.end_lineno]))
-
-    if not isinstance(node, ast.ClassDef):
-        return list(dict.fromkeys(_source_reasons(name, segment(node), rules)))
-    reasons, header = [], []
-    for item in node.body:
-        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            reasons += _source_reasons(f"{name}.{item.name}", segment(item), rules)
-        else:
-            header.append(item)
-    bare = copy.copy(node)  # the class statement without its methods
-    bare.body = header or [ast.Pass()]
-    return list(dict.fromkeys(reasons + _source_reasons(name, ast.unparse(bare), rules)))
+    parts = [(name, node)]
+    if isinstance(node, ast.ClassDef):  # each method, then the class statement without them
+        methods = [x for x in node.body if isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        bare = copy.copy(node)
+        bare.body = [x for x in node.body if x not in methods]
+        parts = [(f"{name}.{x.name}", x) for x in methods] + [(name, bare)]
+    reasons = [r for label, part in parts for r in _source_reasons(label, part, lines, rules)]
+    return list(dict.fromkeys(reasons))
 
 
 def delegation_reasons(obj: Any, kind: str) -> list[str]:
@@ -259,14 +203,12 @@ def delegation_reasons(obj: Any, kind: str) -> list[str]:
     rules, reasons = forbidden(kind), []
     functions = [(obj.__name__, obj)] if inspect.isfunction(obj) or inspect.ismethod(obj) else []
     if inspect.isclass(obj):
-        for base in obj.__mro__[1:]:
-            try:
-                if _is_forbidden_file(inspect.getfile(base), rules):
-                    reasons.append(
-                        f"{obj.__name__} inherits from {base.__module__}.{base.__qualname__}"
-                    )
-            except (TypeError, OSError):
-                continue
+        for base in obj.__mro__[1:]:  # by the file of the module defining it, as inspect finds it
+            module = sys.modules.get(base.__module__)
+            if _is_forbidden_file(getattr(module, "__file__", None), rules):
+                reasons.append(
+                    f"{obj.__name__} inherits from {base.__module__}.{base.__qualname__}"
+                )
         for name, member in vars(obj).items():
             member = getattr(member, "__func__", getattr(member, "fget", member))
             if callable(member) and inspect.isfunction(inspect.unwrap(member)):
@@ -274,9 +216,10 @@ def delegation_reasons(obj: Any, kind: str) -> list[str]:
     for label, function in functions:
         try:
             source = textwrap.dedent(inspect.getsource(inspect.unwrap(function)))
-        except (OSError, TypeError):
+            tree = ast.parse(source)
+        except (OSError, TypeError, SyntaxError):
             continue
-        reasons += _source_reasons(label, source, rules)
+        reasons += _source_reasons(label, tree, source.splitlines(), rules)
     return list(dict.fromkeys(reasons))
 
 
@@ -288,23 +231,45 @@ def refusal(name: str, reasons: Sequence[str]) -> GradingError:
     )
 
 
-@functools.cache
-def _warm_up() -> None:
-    """The first ``torch.optim.Optimizer`` of a process imports hundreds of modules lazily;
-    under the profiler that takes seconds, and it is not the answer's work."""
-    torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {"lr": 0.0})
-
-
 def call_watched(
     function: Callable[..., Any], *args: Any, kind: str, **kwargs: Any
 ) -> tuple[Any, Exception | None, list[str]]:
-    """``function(*args, **kwargs)`` under the watch: (result, exception, forbidden calls)."""
-    if kind == "optimizer":
-        _warm_up()
+    """``function(*args, **kwargs)`` under a profiler hook that records every call into
+    forbidden code: (result, exception, forbidden calls). Python functions are caught by the
+    file of their code (an alias as surely as the attribute), builtins
+    (``torch._fused_adamw_``) and ``torch.ops`` overloads by name."""
+    rules, hits, kernels = forbidden(kind), [], kind == "optimizer"  # the fused Adam kernels
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if len(hits) > 20:
+            return
+        if event == "call":
+            code = frame.f_code
+            if _is_forbidden_file(code.co_filename, rules):
+                hits.append(f"{_short_path(code.co_filename)}:{code.co_name}")
+            elif kernels and code.co_name == "__call__":
+                owner = frame.f_locals.get("self")
+                if type(owner).__module__ == "torch._ops" and "fused_adam" in str(owner):
+                    hits.append(f"torch.ops {owner}")
+        elif event == "c_call" and kernels:
+            name = getattr(arg, "__name__", "") or ""
+            if "fused_adam" in name:
+                hits.append(f"torch.{name}")
+
     result = exception = None
-    with Watch(forbidden(kind)) as watch:
+    previous = sys.getprofile(), threading.getprofile()
+    sys.setprofile(hook)
+    threading.setprofile(hook)
+    try:
+        result = function(*args, **kwargs)
+    except Exception as exc:
+        exception = exc
+    finally:
+        if sys.getprofile() is not hook:
+            hits.append("sys.setprofile (the answer replaced the grader's profiler)")
         try:
-            result = function(*args, **kwargs)
-        except Exception as exc:
-            exception = exc
-    return result, exception, list(dict.fromkeys(watch.hits))
+            sys.setprofile(previous[0])
+        except TypeError:  # a C-level profiler (cProfile) cannot be handed back from Python
+            sys.setprofile(None)
+        threading.setprofile(previous[1])
+    return result, exception, list(dict.fromkeys(hits))

@@ -11,11 +11,10 @@ from nbgrader.exchange.default.release_feedback import ExchangeReleaseFeedback
 class ReleaseFeedback(ExchangeReleaseFeedback):
     """``nbgrader release_feedback`` that skips submissions placed by hand.
 
-    Feedback goes back through the exchange to the student who submitted through it: nbgrader
-    files it under a hash of the ``submission_secret.txt`` that ``nbgrader submit`` wrote, and
-    needs ``timestamp.txt``. A notebook copied into ``autograder/submitted/`` by hand has
-    neither, and nbgrader's own command stops with a ``FileNotFoundError`` at the first such
-    student, releasing nothing for the ones after it. This skips them with a warning naming
+    nbgrader files feedback under a hash of the ``submission_secret.txt`` that ``nbgrader
+    submit`` wrote, and needs ``timestamp.txt``. A notebook copied into ``autograder/submitted/``
+    by hand has neither: nbgrader's own command stops with a ``FileNotFoundError`` at the first
+    such student, releasing nothing for the ones after. This skips them with a warning naming
     the feedback file to hand out some other way.
     """
 

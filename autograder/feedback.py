@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from autograder.assignment import Assignment
 from autograder.gradebook import Outcome
@@ -28,21 +29,15 @@ MAX_CELL_TEXT = 30_000  # above the harness's own cap per cell and stream, with 
 def scrubber(root: Path) -> Callable[[str], str]:
     """Replaces the instructor's paths (course, Python, home, the grader's) with an ellipsis."""
     # Not the interpreter's base prefix: /usr says nothing about the instructor.
-    paths = {
-        str(root.resolve()),
-        str(Path(sys.prefix).resolve()),
-        os.path.abspath(sys.prefix),
-        str(Path(__file__).resolve().parent),
-        os.path.expanduser("~"),
-    }
+    paths = {str(root.resolve()), str(Path(sys.prefix).resolve()), os.path.abspath(sys.prefix)}
+    paths |= {str(Path(__file__).resolve().parent), os.path.expanduser("~")}
     pattern = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True) if len(p) > 1)
     return functools.partial(re.compile(pattern).sub, "…")
 
 
 def _cut(text: str, what: str) -> str:
-    if len(text) <= MAX_CELL_TEXT:
-        return text
-    return text[:MAX_CELL_TEXT] + f"\n[... {len(text) - MAX_CELL_TEXT} more characters of {what}]"
+    more = f"\n[... {len(text) - MAX_CELL_TEXT} more characters of {what}]"
+    return text if len(text) <= MAX_CELL_TEXT else text[:MAX_CELL_TEXT] + more
 
 
 def feedback_notebook(
@@ -50,8 +45,6 @@ def feedback_notebook(
 ) -> NotebookNode:
     """The feedback as a notebook: a summary, then the cells that ran, each code cell with what
     its run recorded (``records``, by index), each test with its message; text scrubbed."""
-    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-
     said: list[str] = []  # what the student's files and code can influence: shown as text
     total = f"{sum(outcome.scores.values()):g} / {assignment.max_score:g}"
     lines = [f"# Feedback: {assignment.name}", "", f"**Score: {total}**", ""]
@@ -66,8 +59,7 @@ def feedback_notebook(
             said.append(f"Your notebook did not run to the end: {outcome.reason}.")
     said += [f"Note: {n}" for n in outcome.notes[:50]]
     shown = [i for i, item in enumerate(items) if item.origin == "student"]
-    hidden = set(shown[MAX_CELLS:])
-    if hidden:
+    if hidden := set(shown[MAX_CELLS:]):
         said.append(
             f"Note: {len(hidden)} of your cells are not shown here (the feedback shows the "
             f"first {MAX_CELLS}); they ran all the same"
@@ -84,14 +76,12 @@ def feedback_notebook(
             continue
         cell = new_code_cell(_cut(item.source, "source"))
         if item.kind == "code":
-            record = records.get(index, {})
-            parts = [record.get(k) for k in ("stdout", "stderr", "error")]
+            parts = [records.get(index, {}).get(k) for k in ("stdout", "stderr", "error")]
             text = "\n".join(p for p in parts if isinstance(p, str) and p)
         else:
             text = outcome.messages.get(item.grade_id, "")
         if text:
-            text = _cut(scrub(text), "output")
-            cell.outputs = [new_output("stream", name="stdout", text=text)]
+            cell.outputs = [new_output("stream", name="stdout", text=_cut(scrub(text), "output"))]
         cells.append(cell)
     return new_notebook(cells=cells, metadata={"language_info": {"name": "python"}})
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from tqdm import tqdm
 
 from autograder import gradebook, grading, run, sandbox
 from autograder.assignment import Assignment, GradingRefused, host_tests, load_assignment
@@ -38,9 +39,8 @@ from autograder.submission import Item, Unreadable, assemble, read_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
-# Worker i runs its sandboxes as uid UID_BASE + 64 * (pid % 4096) + i when started as root:
-# the process limit counts every process of a uid on the machine, so two batches running at
-# once (two courses, two test runs) must not share uids.
+# Worker i's sandboxes run as uid UID_BASE + 64 * (pid % 4096) + i (as root): the process
+# limit counts every process of a uid on the machine, so two batches at once share none.
 UID_BASE = 61000
 LOCK_NAME = ".grade.lock"
 # nbgrader's exchange stamps, copied to the feedback folder for `nbgrader release_feedback`.
@@ -67,25 +67,20 @@ def judge_tests(
     refs = {n: grading.AnswerRef(n, sources) for ns in assignment.answers.values() for n in ns}
     by_id = {c.grade_id: c for c in assignment.cells if c.grade_id}
     known = [(i, by_id[item.grade_id]) for i, item in enumerate(items) if item.grade_id in by_id]
-    scores, shown = {}, {}
+    scores = {t.grade_id: 0.0 for t in assignment.tests}
+    why = f"not run: your notebook did not reach this test ({runs.ended or 'unknown'})"
+    shown = {t.grade_id: f"0 / {t.points:g} points: {why}" for t in assignment.tests}
     walk = host_tests(assignment.name, [c for _, c in known], assignment.answers, refs.__getitem__)
     for position, cell, namespace in walk:
         index, gid = known[position][0], cell.grade_id  # index: its place among the cells run
-        code = compile(cell.source, f"<{assignment.name}:{gid}>", "exec")
         entries = runs.records.get(index, {}).get("entries")
+        if not isinstance(entries, list):  # the run ended before this test, so before the rest
+            break
         buffer, message = io.StringIO(), ""
-        scores[gid] = 0.0
         try:
-            if not isinstance(entries, list):
-                with grading.planning(), contextlib.redirect_stdout(io.StringIO()):
-                    exec(code, namespace)  # keeps the namespace as the notebook builds it
-                ended = runs.ended or "unknown"
-                message = f"not run: your notebook did not reach this test ({ended})"
-            else:
-                with grading.judging(e for e in entries if isinstance(e, dict)):
-                    with contextlib.redirect_stdout(buffer):
-                        exec(code, namespace)
-                scores[gid] = cell.points
+            with grading.judging(entries), contextlib.redirect_stdout(buffer):
+                exec(compile(cell.source, f"<{assignment.name}:{gid}>", "exec"), namespace)
+            scores[gid] = cell.points
         except Exception as error:
             text = str(error) or type(error).__name__
             is_check = isinstance(error, AssertionError)
@@ -135,9 +130,7 @@ def _work(assignment: Assignment, student: str) -> Outcome:
         notes = [printable(scrub(n)) for n in notes + changes + runs.notes]
         ended = runs.ended and printable(scrub(runs.ended))
         seconds = time.monotonic() - start
-        outcome = Outcome(
-            student, "graded", scores, shown, notes, ended, seconds, fingerprint, runs.warning
-        )
+        outcome = Outcome(student, "graded", scores, shown, notes, ended, seconds, fingerprint)
         stage = "writing the feedback of"
         notebook = feedback_notebook(assignment, outcome, items, runs.records, scrub)
     except Exception as error:
@@ -183,8 +176,6 @@ class _Pool:
 
     def grade(self, assignment: Assignment, todo: list[str]) -> dict[str, Outcome]:
         """Each submission in ``todo`` graded and recorded, as its worker finishes it."""
-        from tqdm import tqdm
-
         outcomes: dict[str, Outcome] = {}
         pending, serial = list(todo), False
         bar = tqdm(total=len(todo), unit="submission", file=sys.stderr, dynamic_ncols=True)
@@ -220,13 +211,10 @@ class _Pool:
                         finish(zero(assignment, student, "failed", reason))
                 if broken:  # start new workers, and grade one at a time to find a culprit
                     bar.write(f"a grading worker died; restarting for {len(pending)} submission(s)")
-                    self.close()
+                    self.executor.shutdown(cancel_futures=True)
                     self.start()
                     serial = True
         return outcomes
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def discover(assignment: Assignment, only: list[str] | None) -> list[str]:
@@ -236,8 +224,7 @@ def discover(assignment: Assignment, only: list[str] | None) -> list[str]:
     students = [name for name in folders if STUDENT_ID.match(name)]
     for name in sorted(set(folders) - set(students)):
         print(f"skipped folder {name!r}: not a valid student id")
-    unknown = sorted(set(only or []) - set(students))
-    if unknown:
+    if unknown := sorted(set(only or []) - set(students)):
         raise GradingRefused(f"no submission of {assignment.name} for: {', '.join(unknown)}")
     return [s for s in students if not only or s in only]
 
@@ -262,7 +249,10 @@ def grade_batch(
             "submissions only)."
         )
     if not ok:
-        print(f"WARNING: grading WITHOUT a sandbox ({why}); --allow-unsafe was given")
+        print(
+            f"WARNING: grading WITHOUT a sandbox ({why}); --allow-unsafe was given: student code "
+            "runs with your permissions, without the stub modules, under the limits only"
+        )
     lock_path = root / "autograder" / LOCK_NAME
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock, tempfile.TemporaryDirectory(prefix="grade-lib-") as lib:
@@ -271,7 +261,6 @@ def grade_batch(
         except BlockingIOError:
             raise GradingRefused(f"another grading run holds {lock_path}; wait for it") from None
         os.environ["COURSE_DEVICE"] = "cpu"  # the workers inherit it
-        Path(lib).chmod(0o755)
         prepared = run.prepare(Path(lib, "lib"))
         sandboxing = {"limits": limits, "allow_unsafe": allow_unsafe, "prepared": prepared}
         pool = _Pool(workers, sandboxing)  # workers start (import torch) meanwhile
@@ -291,7 +280,7 @@ def grade_batch(
             )
             outcomes = pool.grade(assignment, todo) if todo else {}
         finally:
-            pool.close()
+            pool.executor.shutdown(cancel_futures=True)
     _summary(assignment, outcomes)
     print(f"grades: {gradebook.export_csv(root)}")
     return outcomes
@@ -311,8 +300,6 @@ def _summary(assignment: Assignment, outcomes: dict[str, Outcome]) -> None:
     problems = sum(1 for o in outcomes.values() if o.status != "graded" or o.reason)
     total = sum(o.seconds for o in outcomes.values())
     print(f"\n{len(outcomes)} graded ({problems} with a problem), {total:.0f} s of grading")
-    for warning in {o.warning for o in outcomes.values() if o.warning}:
-        print("WARNING: " + warning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ class Outcome:
     reason: str | None  # why it was not graded, or how the run ended abnormally
     seconds: float = 0.0
     fingerprint: str = ""
-    warning: str | None = None
 
 
 def stamp(submitted: Path, name: str) -> Path | None:
@@ -84,11 +84,9 @@ def ensure_in_gradebook(assignment: Assignment) -> None:
     """The gradebook must know the assignment's test cells; record them if it does not."""
     from nbgrader.api import MissingEntry
 
-    with open_gradebook(assignment.root) as gb:
-        try:
-            known = {c.name for c in gb.find_notebook(assignment.name, assignment.name).grade_cells}
-        except MissingEntry:
-            known = set()
+    known: set[str] = set()
+    with open_gradebook(assignment.root) as gb, contextlib.suppress(MissingEntry):
+        known = {c.name for c in gb.find_notebook(assignment.name, assignment.name).grade_cells}
     if {t.grade_id for t in assignment.tests} <= known:
         return
     print(f"recording {assignment.name} in the gradebook (nbgrader generate_assignment)")
@@ -119,8 +117,6 @@ def already_graded(assignment: Assignment, student: str, gb: Any) -> bool:
 def record(assignment: Assignment, outcome: Outcome, gb: Any) -> None:
     """One submission's scores into the gradebook (one commit), then its marker. A failure
     here fails that submission (its status and reason say so), not the batch."""
-    import warnings
-
     from nbgrader import utils
 
     student, name = outcome.student, assignment.name
@@ -128,8 +124,7 @@ def record(assignment: Assignment, outcome: Outcome, gb: Any) -> None:
     try:
         gb.update_or_create_student(student)
         when = {}
-        timestamp = stamp(assignment.folder("submitted", student), "timestamp.txt")
-        if timestamp:
+        if timestamp := stamp(assignment.folder("submitted", student), "timestamp.txt"):
             with contextlib.suppress(Exception):  # the student's file: a bad stamp is none
                 when["timestamp"] = utils.parse_utc(timestamp.read_text().strip())
         gb.update_or_create_submission(name, student, **when)
@@ -143,7 +138,8 @@ def record(assignment: Assignment, outcome: Outcome, gb: Any) -> None:
     except Exception as error:
         gb.db.rollback()
         outcome.status = "failed"
-        outcome.reason = f"could not be recorded: {type(error).__name__}: {error}"
+        why = f"{type(error).__name__}: {str(error)[:500]}"
+        outcome.reason = f"the grader failed while recording {student}'s submission: {why}"
 
 
 def export_csv(root: Path) -> Path:
@@ -153,8 +149,7 @@ def export_csv(root: Path) -> Path:
 
     path = root / "autograder" / "grades.csv"
     tmp = path.with_name(f".grades.csv.{os.getpid()}.tmp")
-    plugin = CsvExportPlugin(to=str(tmp))
     with contextlib.redirect_stdout(io.StringIO()), open_gradebook(root) as gb:
-        plugin.export(gb)
+        CsvExportPlugin(to=str(tmp)).export(gb)
     os.replace(tmp, path)
     return path

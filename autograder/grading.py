@@ -1,18 +1,17 @@
 """What the exercises' test cells import: ``from autograder import grading``.
 
 Test cells call ``grading.check_<name>(answer, ...)`` (declared in :mod:`autograder.checks`)
-in one of three modes (``autograder/README.md``): ``inline`` (the default: observe and judge
-here, the observation sent through JSON as the sandbox sends it), ``plan`` (``with
-planning() as requests:``: record the requests, call nothing; answers are
-:class:`AnswerRef`) and ``judge`` (``with judging(entries):``: judge the recorded
-observations, verified to be of this check and these inputs). The sandbox holds this module
-but never calls a check, so it never imports the references.
+in one of three modes (``autograder/README.md``): ``inline`` (the default), :func:`planning`
+and :func:`judging`. The sandbox holds this module but never calls a check, so it never
+imports the references.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import textwrap
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -22,12 +21,12 @@ from autograder.common import (
     canonical,
     captured,
     default_device,
-    hide_test_source_when_autograding,
     malformed,
-    print_notes,
     round_trip,
     text,
 )
+from autograder.delegation import refusal, static_reasons_from_sources
+from autograder.observe import observe
 
 __all__ = ["AnswerRef", "GradingError", "default_device", "judging", "mode", "planning", "rng"]
 
@@ -44,7 +43,7 @@ class AnswerRef:
         return f"AnswerRef({self.name!r})"
 
 
-_STATE: dict[str, Any] = {"mode": "inline", "requests": None, "entries": None}
+_STATE: dict[str, Any] = {"mode": "inline", "queue": None}  # plan: requests; judge: entries
 
 
 def mode() -> str:
@@ -52,28 +51,25 @@ def mode() -> str:
 
 
 @contextlib.contextmanager
-def _mode(**state: Any) -> Iterator[None]:
+def _mode(mode: str, queue: Any) -> Iterator[Any]:
     saved = dict(_STATE)
-    _STATE.update(state)
+    _STATE.update(mode=mode, queue=queue)
     try:
-        yield
+        yield queue
     finally:
         _STATE.update(saved)
 
 
-@contextlib.contextmanager
-def planning() -> Iterator[list[dict[str, Any]]]:
-    requests: list[dict[str, Any]] = []
-    with _mode(mode="plan", requests=requests, entries=None):
-        yield requests
+def planning() -> contextlib.AbstractContextManager[list[dict[str, Any]]]:
+    """``with planning() as requests:`` each check records its request there and calls
+    nothing; answers are :class:`AnswerRef`."""
+    return _mode("plan", [])
 
 
-@contextlib.contextmanager
-def judging(entries: Iterable[dict[str, Any]]) -> Iterator[None]:
-    """``entries``: ``{"check", "inputs", "obs"}`` or ``{"check", "inputs", "failed"}``, in
-    the order the checks are called."""
-    with _mode(mode="judge", requests=None, entries=deque(entries)):
-        yield
+def judging(entries: Iterable[dict[str, Any]]) -> contextlib.AbstractContextManager[Any]:
+    """Each check judges the next of ``entries`` (``{"check", "inputs", "obs"}`` or
+    ``{"check", "inputs", "failed"}``), verified to be of this check and these inputs."""
+    return _mode("judge", deque(entries))
 
 
 def _judged(judge: Callable[[Any], None], obs: Any) -> None:
@@ -91,12 +87,16 @@ def _judged(judge: Callable[[Any], None], obs: Any) -> None:
         ) from error
 
 
-def _notes(obs: Any) -> list[str]:
-    """The warnings and stderr output an observation recorded."""
-    notes = obs.get("notes") if isinstance(obs, dict) else None
-    return (
-        [text(x, 300) for x in notes[:5] if isinstance(x, str)] if isinstance(notes, list) else []
-    )
+def _print_notes(obs: Any, notes: list[str]) -> None:
+    """Print the warnings and stderr output the observation recorded, and ``notes``."""
+    recorded = obs.get("notes") if isinstance(obs, dict) else None
+    if isinstance(recorded, list):
+        notes = [text(x, 300) for x in recorded[:5] if isinstance(x, str)] + notes
+    if unique := list(dict.fromkeys(notes)):
+        count = len(unique)
+        print(f"Note: {count} warning(s) or stderr message(s) were captured; they cost no points:")
+        for note in unique[:5]:
+            print("  " + textwrap.shorten(note, 300))
 
 
 def run_check(
@@ -119,19 +119,16 @@ def run_check(
                 "a value computed from it"
             )
         request = {"check": check, "protocol": protocol, "answer": answer.name}
-        _STATE["requests"].append({**request, "inputs": round_trip(inputs)})
+        _STATE["queue"].append({**request, "inputs": round_trip(inputs)})
     elif _STATE["mode"] == "judge":
-        entry = _STATE["entries"].popleft() if _STATE["entries"] else None
+        entry = _STATE["queue"].popleft() if _STATE["queue"] else None
         if entry is None:
             raise GradingError(
                 f"{name}: this test did not run in the submitted notebook (no observation of "
                 f"{check} was recorded for it)"
             )
-        try:
-            same = entry["check"] == check and canonical(entry["inputs"]) == canonical(inputs)
-        except (TypeError, ValueError, KeyError):
-            same = False
-        if not same:
+        # The harness wrote the entry's check and inputs from the plan: plain data.
+        if entry.get("check") != check or canonical(entry.get("inputs")) != canonical(inputs):
             raise GradingError(
                 f"{name}: this test did not run in the submitted notebook as it runs here (the "
                 f"observation recorded is not of {check} on these inputs)"
@@ -139,28 +136,37 @@ def run_check(
         if "failed" in entry:
             raise GradingError(text(entry["failed"]))
         if kind is not None and isinstance(answer, AnswerRef) and answer.sources:
-            from autograder.delegation import refusal, static_reasons_from_sources
-
             reasons = static_reasons_from_sources(answer.name, answer.sources, kind)
             if reasons:
                 raise refusal(name, reasons)
         try:
             _judged(judge, entry.get("obs"))
         finally:
-            print_notes(_notes(entry.get("obs")))
+            _print_notes(entry.get("obs"), [])
     elif isinstance(answer, AnswerRef):
         raise TypeError(f"{answer!r} can only be checked in plan or judge mode")
-    else:
-        from autograder import observe
-
+    else:  # observe and judge here, the observation sent through JSON as the sandbox sends it
         hide_test_source_when_autograding()
         obs, notes = None, []
         try:
             with captured() as notes:
-                obs = round_trip(observe.observe(protocol, answer, round_trip(inputs)))
+                obs = round_trip(observe(protocol, answer, round_trip(inputs)))
                 _judged(judge, obs)
         finally:
-            print_notes(_notes(obs) + notes)
+            _print_notes(obs, notes)
+
+
+def hide_test_source_when_autograding() -> None:
+    """While nbgrader autogrades (``NBGRADER_EXECUTION=autograde``), reduce tracebacks to the
+    exception and its message: IPython would quote the failing lines, which in a test cell
+    are the hidden tests, and the feedback shows the outputs."""
+    if os.environ.get("NBGRADER_EXECUTION") != "autograde":
+        return
+    from IPython import get_ipython  # nbgrader runs the notebook in IPython
+
+    traceback = getattr(get_ipython(), "InteractiveTB", None)
+    if traceback is not None and traceback.mode != "Minimal":
+        traceback.set_mode(mode="Minimal")
 
 
 def rng(seed: int) -> random.Random:

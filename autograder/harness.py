@@ -27,7 +27,6 @@ import sys
 
 CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream (as in kernel.py, plus a note)
 MAX_ANSWER_BYTES = 16 << 20  # one answer line from K; longer lines are dropped
-PR_SET_DUMPABLE = 4
 
 
 class Kernel:
@@ -62,10 +61,8 @@ class Kernel:
                 if self.requests in events:
                     try:
                         unsent = unsent[os.write(self.requests, unsent) :]
-                    except BlockingIOError:
-                        pass
-                    except OSError:  # K closed its end: only its exit is left to see
-                        unsent = unsent[:0]
+                    except OSError as error:  # unless full, K closed its end: its exit is left
+                        unsent = unsent if isinstance(error, BlockingIOError) else unsent[:0]
                     if not unsent:
                         sel.unregister(self.requests)
                 if self.answers in events or self.exited in events:
@@ -108,9 +105,8 @@ def _text(value: object) -> str | None:
 def record(index: int, cell: dict, answer: dict) -> dict:
     """The record of cell ``index`` from K's answer, with only what H knows taken from H."""
     if cell["kind"] == "code":
-        stdout, stderr = _text(answer.get("stdout")) or "", _text(answer.get("stderr")) or ""
-        error = _text(answer.get("error"))
-        return {"type": "cell", "index": index, "stdout": stdout, "stderr": stderr, "error": error}
+        streams = {name: _text(answer.get(name)) or "" for name in ("stdout", "stderr")}
+        return {"type": "cell", "index": index, **streams, "error": _text(answer.get("error"))}
     got = answer.get("entries")
     got = got if isinstance(got, list) else []
     entries = []
@@ -137,7 +133,7 @@ def send(channel: int, record: dict) -> None:
 def main() -> None:
     lib, inputs = sys.argv[1], sys.argv[2]
     channel = int(os.environ.pop("GRADER_RESULTS_FD"))
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
     spec = json.loads(sys.stdin.buffer.read())
     # The data files (and their folders), beside the student's work only; on a full disk the

@@ -55,11 +55,9 @@ def notebook_problems(path: Path) -> list[str]:
 
 
 def run_nbgrader(args: list[str], course: Path) -> None:
-    """``nbgrader <args>`` from ``course/autograder`` with root and gradebook in ``course``
-    (its ``nbgrader_config.py`` puts this interpreter's bin first on the PATH for ``alembic``)."""
-    db = f"sqlite:///{course / 'autograder' / 'gradebook.db'}"
-    command = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
-    command.append(f"--CourseDirectory.db_url={db}")
+    """``nbgrader <args>`` from ``course/autograder``: its ``nbgrader_config.py`` puts the root
+    and the gradebook in ``course``, and this interpreter's bin first on the PATH (``alembic``)."""
+    command = [sys.executable, "-m", "nbgrader", *args]
     result = subprocess.run(command, cwd=course / "autograder", capture_output=True, text=True)
     if result.returncode != 0:
         raise ExerciseError(
@@ -67,29 +65,23 @@ def run_nbgrader(args: list[str], course: Path) -> None:
         )
 
 
-def scratch_course(destination: Path, names: list[str] | None = None) -> Path:
-    """A copy of what nbgrader needs: ``solutions/`` (or only ``names``) and the configuration."""
-    if names is None:
-        shutil.copytree(ROOT / SOURCE, destination / SOURCE)
-    else:
-        for name in names:
-            shutil.copytree(ROOT / SOURCE / name, destination / SOURCE / name)
+def scratch_course(destination: Path, names: list[str]) -> Path:
+    """A copy of what nbgrader needs: the ``names`` of ``solutions/`` and the configuration."""
+    for name in names:
+        shutil.copytree(ROOT / SOURCE / name, destination / SOURCE / name)
     (destination / "autograder").mkdir(parents=True)
     shutil.copy2(ROOT / "autograder" / "nbgrader_config.py", destination / "autograder")
     return destination
 
 
 def generate(course: Path, names: list[str]) -> None:
-    """``nbgrader generate_assignment --force`` for ``names`` inside ``course``."""
-    # One nbgrader process for all of them when possible: starting nbgrader takes seconds.
-    batches = [["*"]] if sorted(names) == assignments(course) else [[name] for name in names]
-    for batch in batches:
-        run_nbgrader(["generate_assignment", *batch, "--force"], course)
+    """``nbgrader generate_assignment --force`` in a course holding ``names`` only
+    (:func:`scratch_course`): one nbgrader process for all, as starting one takes seconds."""
+    run_nbgrader(["generate_assignment", "*", "--force"], course)
     for name in names:
         for path in (course / RELEASE / name).rglob("*.ipynb"):
             text = path.read_text(encoding="utf-8")
-            leaked = [marker for marker in FORBIDDEN_IN_RELEASE if marker in text]
-            if leaked:
+            if leaked := [marker for marker in FORBIDDEN_IN_RELEASE if marker in text]:
                 raise ExerciseError(f"{path.name}: the release still contains {leaked}")
 
 
@@ -123,9 +115,8 @@ def stale(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("assignments", nargs="*", help="default: every folder of solutions/")
-    parser.add_argument(
-        "--check", action="store_true", help="change nothing; exit 1 if exercises/ is out of date"
-    )
+    check = "change nothing; exit 1 if exercises/ is out of date"
+    parser.add_argument("--check", action="store_true", help=check)
     args = parser.parse_args(argv)
     try:
         every = assignments()
@@ -137,11 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             clear = "commit notebooks without outputs (Kernel > Restart & Clear Output):"
             raise ExerciseError("\n  ".join([clear, *problems]))
         with tempfile.TemporaryDirectory(prefix="exercises-") as tmp:
-            course = scratch_course(Path(tmp) / "course")
+            course = scratch_course(Path(tmp) / "course", names)
             generate(course, names)
             if args.check:
-                diffs = stale(course, names, every if not args.assignments else None)
-                if diffs:
+                if diffs := stale(course, names, every if not args.assignments else None):
                     out_of_date = "exercises/ is out of date; run `make exercises`:"
                     print(out_of_date, *diffs, sep="\n  ", file=sys.stderr)
                     return 1

@@ -89,9 +89,7 @@ class Recorder:
     def call(self, function: Callable, *args: Any, call: str, errors: Any = None, **kwargs: Any):
         """Call the answer under the delegation watch; stop on delegation, and on an
         exception unless ``errors`` (a dict) is given to record it in."""
-        result, exception, hits = call_watched(
-            function, *args, kind=self.kind or "course_lib", **kwargs
-        )
+        result, exception, hits = call_watched(function, *args, kind=self.kind, **kwargs)
         if hits:
             self.stop("refused", call=call, hits=[shorten(h, how=str) for h in hits])
         if exception is not None:
@@ -117,14 +115,12 @@ def observe_value(record: Recorder, value: Any, inputs: dict[str, Any]) -> None:
 
 
 def observe_calls(record: Recorder, function: Any, inputs: dict[str, Any]) -> None:
-    record.data["delegation"] = delegation_reasons(function, record.kind)
     record.data["results"] = results = []
     for args, kwargs in inputs["calls"]:
         results.append(describe(record.call(function, *args, call="call", **kwargs)))
 
 
 def observe_update(record: Recorder, update: Any, inputs: dict[str, Any]) -> None:
-    record.data["delegation"] = delegation_reasons(update, record.kind)
     device, keep = torch.device(inputs["device"]), 3 if inputs["moments"] else 1
     record.data["runs"] = []
     for run in inputs["runs"]:
@@ -150,7 +146,6 @@ def observe_optimizer(record: Recorder, cls: Any, inputs: dict[str, Any]) -> Non
     record.data["class"] = {"ok": bool(ok), "repr": shorten(cls)}
     if not ok:
         raise _Stop
-    record.data["delegation"] = delegation_reasons(cls, record.kind)
     device = torch.device(inputs["device"])
     record.data["runs"] = []
     for spec in inputs["runs"]:
@@ -167,9 +162,8 @@ def observe_optimizer(record: Recorder, cls: Any, inputs: dict[str, Any]) -> Non
         if not isinstance(opt, torch.optim.Optimizer):
             record.stop("not_optimizer", type=type(opt).__name__)
         if spec.get("defaults"):
-            run["defaults"] = describe(
-                {k: v for k, v in opt.param_groups[0].items() if k != "params"}
-            )
+            group = opt.param_groups[0]
+            run["defaults"] = describe({k: v for k, v in group.items() if k != "params"})
         for step in spec["steps"]:
             for group in opt.param_groups:
                 if "lr" in step:
@@ -219,12 +213,12 @@ PROTOCOLS = {
 def observe(protocol: str, answer: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     """Run ``protocol`` on ``answer`` and ``inputs``: plain JSON data. Warnings and stderr
     output while it runs are recorded under ``"notes"``."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    record = Recorder(inputs.get("kind"))
+    protocol_run, record = PROTOCOLS[protocol], Recorder(inputs.get("kind"))
     with captured() as notes:
         try:
-            PROTOCOLS[protocol](record, answer, inputs)
+            if protocol != "value":  # before it runs: its MRO and source
+                record.data["delegation"] = delegation_reasons(answer, record.kind)
+            protocol_run(record, answer, inputs)
         except _Stop:
             pass
         except Exception as error:  # the answer's objects misbehaved while looked at

@@ -23,16 +23,11 @@ from pathlib import Path
 from autograder import sandbox
 
 HERE = Path(__file__).resolve().parent
-#: The grader's modules that the sandbox holds (copied as they are): what runs in the
-#: student's process. Everything else of the grader (the declarations and judges, which hold
-#: the references) stays outside, and so does course_lib.
+#: The grader's modules in the sandbox, what runs in the student's process; the rest of the
+#: grader (the declarations and judges, which hold the references) and course_lib stay out.
 SANDBOX_MODULES = ("__init__.py", "grading.py", "common.py", "observe.py", "delegation.py")
-#: torch's modules over which autograder/stubs/optim.py is bound in the sandbox.
-STUBS = ("adam", "adamw")
 SANDBOX_HOME = "/home/student"
-#: Files handed in beside the notebook (data) that are copied into the sandbox, at most (the
-#: first ones by name); the others are left out, with a note.
-MAX_DATA_FILES = 100
+MAX_DATA_FILES = 100  # files beside the notebook copied into the sandbox, at most (first by name)
 #: Where the C/C++ compilers' own programs live (cc1, cc1plus, llc, ...): hidden in the sandbox.
 COMPILER_DIRS = ("/usr/lib/gcc", "/usr/libexec/gcc", "/usr/lib/llvm-*")
 
@@ -40,8 +35,7 @@ COMPILER_DIRS = ("/usr/lib/gcc", "/usr/libexec/gcc", "/usr/lib/llvm-*")
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     lib: Path
-    binds: dict[str, Path]
-    hide: list[str]
+    mounts: dict  # run_sandboxed's readonly, binds and hide: the grader's files in place
 
 
 def prepare(target: Path) -> Prepared:
@@ -55,12 +49,12 @@ def prepare(target: Path) -> Prepared:
     for name in ("harness.py", "kernel.py"):
         shutil.copy2(HERE / name, target / name)
     optim = Path(torch.optim.__file__).resolve().parent
-    binds = {str(optim / f"{module}.py"): HERE / "stubs" / "optim.py" for module in STUBS}
+    binds = {str(optim / f"{name}.py"): HERE / "stubs" / "optim.py" for name in ("adam", "adamw")}
     hide = [str(optim / "__pycache__")] + [d for p in COMPILER_DIRS for d in sorted(glob.glob(p))]
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     target.chmod(0o755)
-    return Prepared(target, binds, hide)
+    return Prepared(target, {"readonly": [target], "binds": binds, "hide": hide})
 
 
 @dataclasses.dataclass
@@ -70,7 +64,6 @@ class Run:
     records: dict[int, dict]
     ended: str | None  # None when the notebook ran to the end; else how it ended
     notes: list[str]  # about the data files handed in
-    warning: str | None  # set when it ran without isolation
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -134,21 +127,18 @@ def run_cells(
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         inputs = Path(tmp, "in")
         inputs.mkdir()
-        inputs.chmod(0o755)  # whatever the umask: the sandbox's uid reads it
         notes = copy_data(data, inputs, limits)
         result = sandbox.run_sandboxed(
             ["python", "-I", str(prepared.lib / "harness.py"), str(prepared.lib), str(inputs)],
             scratch=inputs,
-            readonly=[prepared.lib],
             limits=limits,
             env={"COURSE_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
             allow_unsafe=allow_unsafe,
             uid=uid,
-            binds=prepared.binds,
-            hide=prepared.hide,
             workdir=SANDBOX_HOME,
             results=True,
             stdin=json.dumps({"cells": cells}).encode(),
+            **prepared.mounts,
         )
         records, ready, done = read_records(result.results, len(cells))
         ended = None
@@ -162,7 +152,7 @@ def run_cells(
             ended += f": {textwrap.shorten(stderr, 300)}" if stderr else ""
         if ended and result.results_truncated:
             ended = "it wrote more results than the grader accepts; " + ended
-    return Run(records=records, ended=ended, notes=notes, warning=result.warning)
+    return Run(records=records, ended=ended, notes=notes)
 
 
 def read_records(data: bytes, count: int) -> tuple[dict[int, dict], bool, bool]:
@@ -172,11 +162,9 @@ def read_records(data: bytes, count: int) -> tuple[dict[int, dict], bool, bool]:
     for line in data.splitlines():
         try:
             record = json.loads(line)
-        except (ValueError, RecursionError):
+            kind, index = record.get("type"), record.get("index")
+        except (ValueError, RecursionError, AttributeError):  # not JSON, or not an object
             continue
-        if not isinstance(record, dict):
-            continue
-        kind, index = record.get("type"), record.get("index")
         if kind == "ready":
             ready = True
         elif kind == "done":

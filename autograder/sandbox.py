@@ -1,13 +1,12 @@
 """Run one untrusted command in a bubblewrap sandbox with operating-system limits.
 
-- New network, PID, IPC, UTS (and cgroup) namespaces: no network, not even the host's
-  ``127.0.0.1``.
-- A read-only root of what Python needs (``/usr`` and its links, a few pieces of ``/etc``, the
-  interpreter's prefix and venv, the paths the caller names); writable: the scratch
-  directory (or a tmpfs work directory) and a private ``/tmp``.
-- An empty environment plus ``PATH``, ``HOME``, ``LANG`` and what the caller passes.
-- ``setrlimit`` limits on address space, processes, file size and core dumps, a wall-clock
-  limit that kills everything the command started, a cap on captured output.
+New network, PID, IPC, UTS (and cgroup) namespaces: no network, not even the host's
+``127.0.0.1``. Read-only: what Python needs (``/usr`` and its links, a few pieces of ``/etc``,
+the interpreter's prefix and venv) and the paths the caller names; writable: the scratch
+directory (or a tmpfs work directory) and a private ``/tmp``. An empty environment plus
+``PATH``, ``HOME``, ``LANG`` and the caller's. ``setrlimit`` limits on address space,
+processes, file size and core dumps; a wall-clock limit that kills everything the command
+started; a cap on captured output.
 
 ``RLIMIT_NPROC`` does not bind root: as root, bubblewrap starts without a user namespace (it
 must read the interpreter under ``/root``) and ``setpriv`` drops to an unprivileged uid,
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 GiB, MiB = 1 << 30, 1 << 20
-DEFAULT_UID = 65534  # "nobody": the uid a command runs as when the caller is root
 SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 # What dynamic linking and the C library want of /etc; nothing with secrets.
 SYSTEM_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime")
@@ -113,8 +111,7 @@ def _bwrap_args(
             bound.append(d)
     args += ["--perms", "0755", "--dir", "/etc"]
     for f in (f"/etc/{name}" for name in SYSTEM_ETC):
-        if os.path.lexists(f):
-            args += ["--ro-bind", f, f]
+        args += ["--ro-bind-try", f, f]
     size = ["--size", str(limits.max_disk_bytes)]
     args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/tmp"]
     made = {"/etc", "/proc", "/dev", "/tmp"}
@@ -158,15 +155,13 @@ def _interpreter_paths() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def bwrap_status() -> tuple[bool, str]:
     """Whether bubblewrap can start a sandbox here, as ``run_sandboxed`` would, and why not."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
+    if (bwrap := shutil.which("bwrap")) is None:
         return False, "bubblewrap (bwrap) is not installed (Debian/Ubuntu package: bubblewrap)"
     as_root = os.geteuid() == 0
     if as_root and shutil.which("setpriv") is None:
         return False, "setpriv (util-linux) is missing; it is needed to drop root in the sandbox"
     with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as tmp:
         scratch = Path(tmp)
-        scratch.chmod(0o755)  # bwrap, without CAP_DAC_OVERRIDE, enters it before setpriv
         probe = [sys.executable, "-c", "open('probe', 'w')"]
         try:
             r = run_sandboxed(probe, scratch=scratch, limits=Limits(wall_seconds=30), _probe=True)
@@ -189,7 +184,7 @@ def run_sandboxed(
     readonly: Sequence[Path] = (),
     env: Mapping[str, str] | None = None,
     allow_unsafe: bool = False,
-    uid: int | None = None,
+    uid: int = 65534,  # "nobody": the uid a command runs as when the caller is root
     binds: Mapping[str, Path] | None = None,
     hide: Sequence[str] = (),
     workdir: str | None = None,
@@ -199,8 +194,7 @@ def run_sandboxed(
 ) -> SandboxResult:
     """Run ``argv`` in a sandbox whose only writable directory is ``scratch``.
 
-    ``readonly`` paths are bound read-only where they are, as the interpreter always is;
-    ``uid``: the unprivileged uid when the caller is root (default ``DEFAULT_UID``).
+    ``readonly`` paths are bound read-only where they are, as the interpreter always is.
     ``binds`` maps a path inside to a host file or folder bound over it read-only (stub
     modules); ``hide`` lists folders replaced by an empty read-only tmpfs. With ``workdir``,
     the working directory and home is a fresh tmpfs of ``limits.max_disk_bytes`` there and
@@ -213,7 +207,6 @@ def run_sandboxed(
     if not scratch.is_dir() or scratch == Path("/"):  # as root, it is chowned to the uid
         raise ValueError(f"scratch directory {scratch} must be an existing folder other than /")
     as_root = os.geteuid() == 0
-    uid = DEFAULT_UID if uid is None else int(uid)
     if as_root and not 0 < uid < 2**32 - 1:
         raise ValueError(f"uid must be a positive unprivileged uid, got {uid}")
     ok, reason = (True, "") if _probe else bwrap_status()
@@ -232,7 +225,8 @@ def run_sandboxed(
             warning += f"; the work directory was {scratch} itself, not a tmpfs at {workdir}"
         if binds or hide:
             warning += "; the stub modules and hidden folders were NOT put in place"
-    elif as_root:
+    elif as_root:  # bwrap, without CAP_DAC_OVERRIDE, enters the scratch before setpriv
+        scratch.chmod(0o755)
         os.chown(scratch, uid, uid, follow_symlinks=False)
         for folder, dirs, files in os.walk(scratch):
             for name in dirs + files:
@@ -243,13 +237,11 @@ def run_sandboxed(
     pipes = [os.pipe() for _ in range(4)]  # (read, write): stdout, stderr, results, bwrap's info
     (out_r, out_w), (err_r, err_w), (res_r, res_w), (info_r, info_w) = pipes
     try:
-        pass_fds = [res_w] if results else []
+        pass_fds = ([res_w] if results else []) + ([info_w] if ok else [])
         if results:
             env["GRADER_RESULTS_FD"] = str(res_w)
-        cmd = []
-        if ok:  # env reaches the command through bwrap as it is
-            cmd = _bwrap_args(scratch, uid, info_w, limits, readonly, binds, hide, workdir)
-            pass_fds.append(info_w)
+        mounts = (readonly, binds, hide, workdir)  # env: bwrap passes it on as it is
+        cmd = _bwrap_args(scratch, uid, info_w, limits, *mounts) if ok else []
         proc = subprocess.Popen(
             cmd + [os.fspath(a) for a in argv], cwd=scratch, env=env, close_fds=True,
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE, stdout=out_w,
@@ -269,12 +261,11 @@ def run_sandboxed(
 
 
 def _set_limits(limits: Limits) -> None:  # runs in the child between fork and exec: minimal
+    # (SIGXFSZ and SIGPIPE are back to their defaults already: Popen's restore_signals)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 def _collect(
@@ -336,9 +327,8 @@ def _collect(
     killed = f"wall-clock limit of {limits.wall_seconds:g} s exceeded" if timed_out else None
     if killed is None and rc < 0:
         killed = f"killed by signal {signal.Signals(-rc).name}"
-    seconds = time.monotonic() - start
     return SandboxResult(
-        rc, out, err, timed_out, cut[out_r], killed, seconds, results=res,
+        rc, out, err, timed_out, cut[out_r], killed, time.monotonic() - start, results=res,
         results_truncated=cut[res_r],
     )  # fmt: skip # the fields in the dataclass's order
 
@@ -362,11 +352,9 @@ def _sandbox_init(info: BinaryIO) -> int | None:
         pidfd = os.pidfd_open(pid)
     except (ValueError, KeyError, TypeError, OSError):
         return None
-    try:  # the pid was not reused: it is PID 1 of a namespace of its own
+    with contextlib.suppress(OSError, IndexError):  # not a reused pid: PID 1 of its namespace
         nspid = Path(f"/proc/{pid}/status").read_text().split("NSpid:")[1].split("\n")[0].split()
         if len(nspid) >= 2 and nspid[-1] == "1":
             return pidfd
-    except (OSError, IndexError):
-        pass
     os.close(pidfd)
     return None

@@ -54,18 +54,16 @@ def read_submission(folder: Path, assignment: Assignment) -> tuple[list[tuple], 
         text = path.read_bytes().decode("utf-8")
         data = json.loads(text)
     except UnicodeDecodeError as error:
-        raise Unreadable(
-            f"{path.name} is not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
+        why = f"is not UTF-8 text ({error.reason} at byte {error.start})"
     except json.JSONDecodeError as error:
-        raise Unreadable(
-            f"{path.name} is not valid JSON (line {error.lineno}, column {error.colno}: "
-            f"{error.msg}); was it edited outside Jupyter?"
-        ) from None
+        why = f"is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+        why += "was it edited outside Jupyter?"
     except RecursionError:
-        raise Unreadable(f"{path.name} is JSON nested too deeply to be a notebook") from None
-    if not isinstance(data, dict):
-        raise Unreadable(f"{path.name} is JSON but not a notebook (no cells)")
+        why = "is JSON nested too deeply to be a notebook"
+    else:
+        why = None if isinstance(data, dict) else "is JSON but not a notebook (no cells)"
+    if why:
+        raise Unreadable(f"{path.name} {why}")
     if data.get("nbformat") == 3:
         import nbformat
 
@@ -88,9 +86,8 @@ def read_submission(folder: Path, assignment: Assignment) -> tuple[list[tuple], 
     for cell in data["cells"]:
         text = cell_text(cell)
         if text is not None and cell.get("cell_type") in ("code", "markdown", "raw"):
-            grade_id = nbgrader_meta(cell).get("grade_id")
-            grade_id = grade_id if isinstance(grade_id, str) else None
-            cells.append((cell["cell_type"], text, grade_id))
+            gid = nbgrader_meta(cell).get("grade_id")
+            cells.append((cell["cell_type"], text, gid if isinstance(gid, str) else None))
     if len(cells) < len(data["cells"]):
         notes.append(f"{len(data['cells']) - len(cells)} malformed cell(s) were ignored")
     return cells, notes

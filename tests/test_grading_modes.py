@@ -694,9 +694,7 @@ def test_generic_checks_messages():
         return out
 
     keys = ("a", "b", "total")
-    grading.check_values(
-        memory, "memory", [((5,), {}, {"b": 10}, "")], keys=keys, total="total"
-    )
+    grading.check_values(memory, "memory", [((5,), {}, {"b": 10}, "")], keys=keys, total="total")
     for bad, pattern in [
         ("total", r"^memory\(5, bad='total'\): total should be a \+ b, got \{"),
         ("key", r"^memory\(5, bad='key'\) should return a dict with keys a, b, total; got \{"),

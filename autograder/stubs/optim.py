@@ -15,13 +15,7 @@ def _unavailable(name: str):
     return refuse
 
 
-class Adam(Optimizer):
-    __init__ = _unavailable("Adam")
-
-
-class AdamW(Optimizer):
-    __init__ = _unavailable("AdamW")
-
-
+Adam = type("Adam", (Optimizer,), {"__init__": _unavailable("Adam")})
+AdamW = type("AdamW", (Optimizer,), {"__init__": _unavailable("AdamW")})
 adam, adamw = _unavailable("adam"), _unavailable("adamw")
 __all__ = ["Adam", "AdamW", "adam", "adamw"]
