@@ -105,10 +105,6 @@ def _tensor(values: Any, dtype: str, device: torch.device, **kwargs: Any) -> Ten
     return torch.tensor(values, dtype=getattr(torch, dtype), device=device, **kwargs)
 
 
-def _data(tensor: Tensor) -> Any:
-    return tensor.detach().cpu().tolist()
-
-
 def observe_value(record: Recorder, value: Any, inputs: dict[str, Any]) -> None:
     record.data["value"] = describe(value)
     record.data["mro"] = [f"{c.__module__}.{c.__qualname__}" for c in type(value).__mro__][:20]
@@ -138,7 +134,7 @@ def observe_update(record: Recorder, update: Any, inputs: dict[str, Any]) -> Non
             if len(like) != 3 or not all(like):
                 record.stop("bad_result", result=describe(result))
             p, m, v = result
-            steps.append([_data(x) for x in (p, m, v)[:keep]])
+            steps.append([x.detach().cpu().tolist() for x in (p, m, v)[:keep]])
 
 
 def observe_optimizer(record: Recorder, cls: Any, inputs: dict[str, Any]) -> None:
@@ -178,7 +174,7 @@ def observe_optimizer(record: Recorder, cls: Any, inputs: dict[str, Any]) -> Non
                     opt, params[0], _tensor(spec["closure"], spec["dtype"], device), losses
                 )
             returned = record.call(opt.step, closure, call="step")
-            run["params"].append([_data(p) for p in params])
+            run["params"].append([p.detach().cpu().tolist() for p in params])
             if closure is not None:
                 loss = {"calls": len(losses), "loss": losses[-1] if losses else None}
                 run.setdefault("closure", []).append({**loss, "returned": describe(returned)})
