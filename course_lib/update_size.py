@@ -23,6 +23,7 @@ not. Non-finite weights or updates (a diverged run) give ``nan``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Self
 
 import numpy as np
 import torch
@@ -115,7 +116,41 @@ def relative_update_sizes(
     return sizes
 
 
-class UpdateSizeRecorder:
+class _StepHooks:
+    """Hooks on ``optimizer.step()`` for named parameters: before each step they are copied
+    (``_snapshot``), after it :meth:`_after` (the subclass's) sees them and the copy. A
+    context manager; :meth:`remove` takes the hooks off."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, Tensor]]
+    ) -> None:
+        pairs = list(named_parameters)
+        self._groups = _optimized_groups(optimizer, pairs)
+        self.names = [name for name, _ in pairs]
+        self._params = [p for _, p in pairs]
+        self._snapshot: list[Tensor] | None = None
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before),
+            optimizer.register_step_post_hook(self._after),
+        ]
+
+    def _before(self, optimizer, args, kwargs) -> None:
+        self._snapshot = [p.detach().clone() for p in self._params]
+
+    def remove(self) -> None:
+        """Stop (what was recorded stays)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+class UpdateSizeRecorder(_StepHooks):
     """Record the update of named parameters at every ``optimizer.step()``.
 
     Before each step the recorder copies the parameters; after it, it stores ``‖Δw‖``, the
@@ -131,23 +166,15 @@ class UpdateSizeRecorder:
     def __init__(
         self, optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, Tensor]]
     ) -> None:
-        pairs = list(named_parameters)
-        self._groups = _optimized_groups(optimizer, pairs)
-        self.names = [name for name, _ in pairs]
-        self.numels = np.array([p.numel() for _, p in pairs])
-        self._params = [p for _, p in pairs]
-        self._snapshot: list[Tensor] | None = None
+        super().__init__(optimizer, named_parameters)
+        self.numels = np.array([p.numel() for p in self._params])
         self._lrs_now: list[float] = []
         self.update_norms: list[list[float]] = []
         self.weight_norms: list[list[float]] = []
         self.lrs: list[list[float]] = []
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before),
-            optimizer.register_step_post_hook(self._after),
-        ]
 
     def _before(self, optimizer, args, kwargs) -> None:
-        self._snapshot = [p.detach().clone() for p in self._params]
+        super()._before(optimizer, args, kwargs)
         self._lrs_now = [float(optimizer.param_groups[g]["lr"]) for g in self._groups]
 
     def _after(self, optimizer, args, kwargs) -> None:
@@ -188,20 +215,8 @@ class UpdateSizeRecorder:
     def _array(self, rows: list[list[float]]) -> np.ndarray:
         return np.array(rows, dtype=float).reshape(len(rows), len(self.names))
 
-    def remove(self) -> None:
-        """Stop recording (what was recorded stays)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
-    def __enter__(self) -> UpdateSizeRecorder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-class RelativeUpdateCap:
+class RelativeUpdateCap(_StepHooks):
     """After every ``optimizer.step()``, shorten any update larger than ``max_ratio · ‖w‖``.
 
     For each watched tensor, with ``w`` its value before the step and ``Δw`` the optimizer's
@@ -225,20 +240,9 @@ class RelativeUpdateCap:
             or not 0 < max_ratio < float("inf")
         ):
             raise ValueError(f"Invalid max_ratio: {max_ratio!r} (expected a number > 0)")
-        pairs = list(named_parameters)
-        _optimized_groups(optimizer, pairs)
-        self.names = [name for name, _ in pairs]
+        super().__init__(optimizer, named_parameters)
         self.max_ratio = float(max_ratio)
-        self._params = [p for _, p in pairs]
-        self._snapshot: list[Tensor] | None = None
         self.capped: list[int] = []
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before),
-            optimizer.register_step_post_hook(self._after),
-        ]
-
-    def _before(self, optimizer, args, kwargs) -> None:
-        self._snapshot = [p.detach().clone() for p in self._params]
 
     def _after(self, optimizer, args, kwargs) -> None:
         if self._snapshot is None:  # pragma: no cover - torch always calls the pre-hook first
@@ -254,15 +258,3 @@ class RelativeUpdateCap:
                     shortened += 1
         self.capped.append(shortened)
         self._snapshot = None
-
-    def remove(self) -> None:
-        """Stop capping."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> RelativeUpdateCap:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
