@@ -27,6 +27,7 @@ import sys
 
 CELL_OUTPUT_CAP = 20_000  # characters kept per cell and stream (as in kernel.py, plus a note)
 MAX_ANSWER_BYTES = 16 << 20  # one answer line from K; longer lines are dropped
+PR_SET_DUMPABLE = 4
 
 
 class Kernel:
@@ -61,8 +62,10 @@ class Kernel:
                 if self.requests in events:
                     try:
                         unsent = unsent[os.write(self.requests, unsent) :]
-                    except OSError as error:  # unless full, K closed its end: its exit is left
-                        unsent = unsent if isinstance(error, BlockingIOError) else unsent[:0]
+                    except BlockingIOError:
+                        pass
+                    except OSError:  # K closed its end: only its exit is left to see
+                        unsent = unsent[:0]
                     if not unsent:
                         sel.unregister(self.requests)
                 if self.answers in events or self.exited in events:
@@ -133,7 +136,7 @@ def send(channel: int, record: dict) -> None:
 def main() -> None:
     lib, inputs = sys.argv[1], sys.argv[2]
     channel = int(os.environ.pop("GRADER_RESULTS_FD"))
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
     spec = json.loads(sys.stdin.buffer.read())
     # The data files (and their folders), beside the student's work only; on a full disk the
